@@ -1,0 +1,62 @@
+"""What every entry point does first: the fast XLA CPU path, and one clear line instead of a traceback on bad input."""
+
+import functools
+import importlib.metadata
+import os
+import sys
+
+from absl import logging
+
+# XLA CPU routes convolutions to YNNPACK by default, 2-3.5x slower here on unpadded and thin convolutions
+# (../shared/MEASURED.md). The flag is experimental and an unknown XLA flag aborts the process, so it is set only
+# for the jaxlib versions it was checked on. Setting it before the first computation is enough.
+_NO_YNN_CONV = '--xla_cpu_experimental_ynn_fusion_type='
+_CHECKED_JAXLIB = ('0.10.',)
+
+
+def configure_xla():
+  """Turns YNNPACK convolutions off on CPU for checked jaxlib versions, unless XLA_FLAGS already sets the flag."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  if 'ynn_fusion_type' in flags or os.environ.get('DILATED_JAX_KEEP_YNN'):
+    return
+  try:
+    version = importlib.metadata.version('jaxlib')
+  except importlib.metadata.PackageNotFoundError:
+    return
+  if version.startswith(_CHECKED_JAXLIB):
+    os.environ['XLA_FLAGS'] = f'{flags} {_NO_YNN_CONV}'.strip()
+
+
+# Errors that mean bad input or settings: shown as one line, exit code 2. Anything else is a bug: full traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, KeyError)
+
+
+def quiet_libraries():
+  """Drops the INFO lines of orbax (several per checkpoint) from the log, keeping its warnings and errors."""
+  import logging as std_logging
+
+  class Filter(std_logging.Filter):
+    def filter(self, record):
+      return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+
+  std_logging.getLogger('absl').addFilter(Filter())
+
+
+def entry_point(main):
+  """Wraps an absl main: configures XLA, and turns a user error into `error: <message>` and exit code 2."""
+
+  @functools.wraps(main)
+  def wrapped(argv):
+    configure_xla()
+    quiet_libraries()
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      if os.environ.get('DILATED_JAX_DEBUG'):
+        raise
+      message = e.args[0] if isinstance(e, KeyError) and e.args else e
+      logging.flush()
+      print(f'error: {message}', file=sys.stderr)
+      sys.exit(2)
+
+  return wrapped

@@ -1,0 +1,44 @@
+"""What each dataset of the paper is: classes in the tables' order, palette, BGR mean, test tile (paper.md 1.5, 1.6, 5.3)."""
+
+import dataclasses
+
+IGNORE_LABEL = 255  # void / unlabelled: no loss, not counted in any metric
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  name: str
+  class_names: tuple[str, ...]
+  palette: tuple[tuple[int, int, int], ...]  # RGB, index = class id
+  mean_bgr: tuple[float, float, float]
+  tile: tuple[int, int]  # output tile of test-time tiling = the deploy input minus the front end's shrinkage
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+_URBAN = ('Building', 'Tree', 'Sky', 'Car', 'Sign', 'Road', 'Pedestrian', 'Fence', 'Pole', 'Sidewalk', 'Bicyclist')
+_URBAN_PALETTE = ((128, 0, 0), (128, 128, 0), (128, 128, 128), (64, 0, 128), (192, 128, 128), (128, 64, 128),
+                  (64, 64, 0), (64, 64, 128), (192, 192, 128), (0, 0, 192), (0, 128, 192))
+
+DATASETS = {
+    'pascal_voc': DatasetInfo(
+        'pascal_voc',
+        ('background', 'aero', 'bike', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'table', 'dog',
+         'horse', 'mbike', 'person', 'plant', 'sheep', 'sofa', 'train', 'tv'),
+        ((0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
+         (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128), (192, 0, 128),
+         (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128)),
+        (102.93, 111.36, 116.52), (528, 528)),
+    'camvid': DatasetInfo('camvid', _URBAN, _URBAN_PALETTE, (110.70313206, 108.77808759, 105.41212523), (528, 728)),
+    'kitti': DatasetInfo('kitti', _URBAN, _URBAN_PALETTE, (96.19429688, 95.55136972, 91.34692262), (480, 1268)),
+    'cityscapes': DatasetInfo(
+        'cityscapes',
+        ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'light', 'sign', 'vegetation', 'terrain', 'sky',
+         'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle'),
+        ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+         (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
+         (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)),
+        (72.39, 82.91, 73.16), (1024, 1024)),
+}

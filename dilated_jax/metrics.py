@@ -1,0 +1,36 @@
+"""Confusion matrices (summed on device) and IoU (on host), as the paper's tables: mean over all classes."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from dilated_jax.data.info import IGNORE_LABEL
+
+
+def confusion_matrix(labels, preds, num_classes: int):
+  """(C, C) int32 counts, rows = ground truth, columns = prediction; IGNORE_LABEL pixels are left out."""
+  labels, preds = labels.reshape(-1).astype(jnp.int32), preds.reshape(-1).astype(jnp.int32)
+  valid = labels != IGNORE_LABEL
+  index = jnp.where(valid, labels * num_classes + preds, 0)
+  return jnp.bincount(index, weights=valid.astype(jnp.int32), length=num_classes * num_classes).reshape(
+      num_classes, num_classes).astype(jnp.int32)
+
+
+def scores(confusion) -> dict:
+  """Per-class IoU = TP / (TP + FP + FN), its mean over classes that occur (in labels or predictions), pixel accuracy."""
+  c = np.asarray(confusion, np.float64)
+  tp = np.diag(c)
+  union = c.sum(0) + c.sum(1) - tp
+  with np.errstate(invalid='ignore', divide='ignore'):
+    iou = np.where(union > 0, tp / union, np.nan)
+  total = c.sum()
+  return {'iou': iou, 'miou': float(np.nanmean(iou)) if np.isfinite(iou).any() else float('nan'),
+          'pixel_accuracy': float(tp.sum() / total) if total else float('nan')}
+
+
+def iou_table(class_names, iou, title: str = 'IoU (%)') -> str:
+  """A Markdown table: one column per class in the dataset's (the paper's) order, then mIoU."""
+  head = '| ' + ' | '.join(('model',) + tuple(class_names) + ('mIoU',)) + ' |'
+  rule = '|' + '---|' * (len(class_names) + 2)
+  cells = ['-' if np.isnan(v) else f'{100 * v:.1f}' for v in iou]
+  row = '| ' + ' | '.join([title] + cells + [f'{100 * np.nanmean(iou):.1f}']) + ' |'
+  return '\n'.join([head, rule, row])

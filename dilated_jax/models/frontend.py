@@ -1,0 +1,72 @@
+"""The front end: VGG-16 with pool4 and pool5 removed, conv5 dilated by 2, fc6 a 7x7 conv dilated by 4 (paper.md 1.2)."""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dilated_jax import receptive_field as rf
+from dilated_jax.models.layers import DilatedConv, max_pool_ceil
+
+# Half of the paper front end's shrinkage, 372 px: the reflection margin around every input image (paper.md 1.3).
+MARGIN = 186
+OUTPUT_STRIDE = 8
+
+
+class FrontEnd(nn.Module):
+  """VGG-16 adapted for dense prediction; the defaults are the paper's network, other fields give CPU-sized variants.
+
+  Blocks conv1..conv5 have `block_convs` 3x3 convolutions each; a 2x2 ceil-mode max pool follows each of the first
+  `pools` blocks. `width` scales every channel count and keeps the topology.
+  """
+
+  num_classes: int
+  width: float = 1.0
+  padding: str = 'VALID'
+  block_convs: Sequence[int] = (2, 2, 3, 3, 3)
+  block_channels: Sequence[int] = (64, 128, 256, 512, 512)
+  block_dilations: Sequence[int] = (1, 1, 1, 1, 2)
+  pools: int = 3
+  fc6_kernel: int = 7
+  fc6_dilation: int = 4
+  fc_channels: int = 4096
+  dropout_rate: float = 0.5
+  dtype: jnp.dtype | None = None
+
+  def layers(self) -> list[rf.Layer]:
+    """The spatial layers in order, for receptive fields and output sizes."""
+    out = []
+    for b, (n, d) in enumerate(zip(self.block_convs, self.block_dilations), start=1):
+      out += [rf.Layer(f'conv{b}_{i}', 3, d) for i in range(1, n + 1)]
+      if b <= self.pools:
+        out.append(rf.Layer(f'pool{b}', 2, stride=2, pool=True))
+    return out + [rf.Layer('fc6', self.fc6_kernel, self.fc6_dilation), rf.Layer('fc7', 1), rf.Layer('final', 1)]
+
+  @property
+  def stride(self) -> int:
+    return 2 ** self.pools
+
+  @property
+  def margin(self) -> int:
+    """Reflection padding that makes a VALID front end's output cover the image: half its shrinkage; 0 for 'SAME'."""
+    return rf.shrinkage(self.layers()) // 2 if self.padding.upper() == 'VALID' else 0
+
+  def channels(self, c: int) -> int:
+    return max(1, round(c * self.width))
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    conv = lambda name, c, k=3, d=1: DilatedConv(
+        self.channels(c), k, d, self.padding, dtype=self.dtype, name=name)
+    for b, (n, c, d) in enumerate(zip(self.block_convs, self.block_channels, self.block_dilations), start=1):
+      for i in range(1, n + 1):
+        x = nn.relu(conv(f'conv{b}_{i}', c, d=d)(x))
+      if b <= self.pools:
+        x = max_pool_ceil(x)
+    x = nn.relu(conv('fc6', self.fc_channels, self.fc6_kernel, self.fc6_dilation)(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.relu(conv('fc7', self.fc_channels, 1)(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    # Raw class scores, no ReLU: the context module reads them as they are (paper.md 1.5).
+    return DilatedConv(self.num_classes, 1, padding=self.padding, dtype=self.dtype, name='final',
+                       kernel_init=nn.initializers.normal(0.001))(x)

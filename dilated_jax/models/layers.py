@@ -1,0 +1,111 @@
+"""Building blocks: the dilated convolution, Caffe's ceil-mode pooling, and the two x8 upsamplings (paper.md 1.4)."""
+
+from typing import Callable, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# 'VALID', 'SAME', an int (the same zero padding on every side) or ((top, bottom), (left, right)).
+Padding = Union[str, int, Sequence[Sequence[int]]]
+
+
+def conv_padding(padding: Padding, kernel_size: int, dilation: int):
+  """Padding in the form lax.conv_general_dilated takes; 'SAME' keeps the size for odd kernels at any dilation."""
+  if isinstance(padding, str):
+    mode = padding.upper()
+    if mode == 'VALID':
+      return ((0, 0), (0, 0))
+    if mode == 'SAME':
+      p = dilation * (kernel_size - 1) // 2
+      return ((p, p), (p, p))
+    raise ValueError(f"padding: expected 'VALID', 'SAME' or an int, got {padding!r}")
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  return tuple(tuple(int(v) for v in pair) for pair in padding)
+
+
+class DilatedConv(nn.Module):
+  """A 2-D convolution with kernel dilation (F *_l k)(p) = sum_{s + l t = p} F(s) k(t), NHWC in, HWIO kernel."""
+
+  features: int
+  kernel_size: int = 3
+  dilation: int = 1
+  padding: Padding = 'VALID'
+  use_bias: bool = True
+  dtype: jnp.dtype | None = None  # compute dtype; None follows the input
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.he_normal()
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    if self.dilation < 1:
+      raise ValueError(f'dilation: expected a positive integer, got {self.dilation}')
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
+    dtype = self.dtype or x.dtype
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), kernel.astype(dtype),
+        window_strides=(1, 1),
+        padding=conv_padding(self.padding, k, self.dilation),
+        rhs_dilation=(self.dilation, self.dilation),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      y = y + self.param('bias', self.bias_init, (self.features,), self.param_dtype).astype(dtype)
+    return y
+
+
+def max_pool_ceil(x):
+  """Caffe's 2x2 stride-2 max pooling, which rounds the output size up: an odd side gets ceil(n / 2) cells."""
+  pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
+  return jax.lax.reduce_window(
+      x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+      ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+
+
+def zoom_matrix(n_in: int, n_out: int, zoom: int) -> np.ndarray:
+  """(n_out, n_in) weights of the authors' corner-aligned interpolation: out[h] blends in[h // z] and in[h // z + 1].
+
+  util.py's `interp_map` reads one cell past h // z; past the last cell we repeat the edge (the authors' tiles always
+  have that cell, since the network sees the reflected margin).
+  """
+  m = np.zeros((n_out, n_in), np.float32)
+  for h in range(n_out):
+    r0, t = h // zoom, (h % zoom) / zoom
+    m[h, min(r0, n_in - 1)] += 1.0 - t
+    m[h, min(r0 + 1, n_in - 1)] += t
+  return m
+
+
+def bilinear_zoom(x, zoom: int = 8, out_hw: tuple[int, int] | None = None):
+  """Corner-aligned bilinear upsampling of NHWC maps (paper.md 1.4, zoom = 8): output pixel (h, w) reads (h/z, w/z)."""
+  h, w = x.shape[1:3]
+  out_h, out_w = out_hw or (h * zoom, w * zoom)
+  mh = jnp.asarray(zoom_matrix(h, out_h, zoom), x.dtype)
+  mw = jnp.asarray(zoom_matrix(w, out_w, zoom), x.dtype)
+  return jnp.einsum('Hh,nhwc,Ww->nHWc', mh, x, mw, precision=jax.lax.Precision.HIGHEST)
+
+
+def bilinear_kernel_1d(kernel: int = 16) -> np.ndarray:
+  """Caffe's BilinearFiller in one dimension: 1 - |x / f - c|, f = ceil(k / 2), c = (2f - 1 - f % 2) / (2f)."""
+  f = int(np.ceil(kernel / 2))
+  c = (2 * f - 1 - f % 2) / (2.0 * f)
+  return (1 - np.abs(np.arange(kernel) / f - c)).astype(np.float32)
+
+
+def bilinear_deconv(x, stride: int = 8, kernel: int = 16, pad: int = 4):
+  """The frozen grouped bilinear Deconvolution of the Cityscapes model (kernel 16, stride 8, pad 4): (H, W) -> 8H x 8W.
+
+  A transposed convolution is a convolution of the input dilated by the stride (lhs_dilation) with the flipped
+  kernel, padded by kernel - 1 - pad; the bilinear kernel is symmetric, so no flip is needed.
+  """
+  c = x.shape[-1]
+  k1 = bilinear_kernel_1d(kernel)
+  w = jnp.asarray(np.outer(k1, k1)[:, :, None, None] * np.ones((1, 1, 1, c), np.float32), x.dtype)
+  p = kernel - 1 - pad
+  return jax.lax.conv_general_dilated(
+      x, w, window_strides=(1, 1), padding=((p, p), (p, p)), lhs_dilation=(stride, stride),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c,
+      precision=jax.lax.Precision.HIGHEST)

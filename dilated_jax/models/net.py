@@ -1,0 +1,87 @@
+"""The whole network: front end, context module, upsampling; one preset per dataset (paper.md 1.5)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dilated_jax.models import context as ctx
+from dilated_jax.models.context import ContextModule
+from dilated_jax.models.frontend import FrontEnd
+from dilated_jax.models.layers import bilinear_deconv, bilinear_zoom
+
+UPSAMPLINGS = ('zoom', 'deconv')
+
+
+class DilationNet(nn.Module):
+  """Front end then (optionally) the context module; returns class scores at 1/stride resolution.
+
+  Parameters live under 'front_end' and 'context_module', so each training stage can hold the part it trains.
+  """
+
+  front_end: FrontEnd
+  context_module: ContextModule | None = None
+
+  def __call__(self, x, train: bool = False):
+    scores = self.front_end(x, train=train)
+    return scores if self.context_module is None else self.context_module(scores)
+
+
+def upsample_probabilities(scores, mode: str, zoom: int, out_hw: tuple[int, int]):
+  """Full-resolution class probabilities from 1/zoom scores: softmax then corner-aligned zoom, or deconv then softmax."""
+  if mode == 'zoom':
+    return bilinear_zoom(jax.nn.softmax(scores.astype(jnp.float32), axis=-1), zoom, out_hw)
+  if mode == 'deconv':
+    if zoom != 8:
+      raise ValueError(f"model.upsample: 'deconv' is the x8 Cityscapes layer, but the front end's stride is {zoom}")
+    up = bilinear_deconv(scores.astype(jnp.float32))[:, :out_hw[0], :out_hw[1]]
+    return jax.nn.softmax(up, axis=-1)
+  raise ValueError(f'model.upsample: expected one of {UPSAMPLINGS}, got {mode!r}')
+
+
+def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  """The model fields of an experiment config; `preset` is pascal_voc, camvid, kitti or cityscapes (paper.md 1.5)."""
+  fe = FrontEnd.__dataclass_fields__
+  cfg = ml_collections.ConfigDict(dict(
+      num_classes=21,
+      front_end={k: fe[k].default for k in (
+          'width', 'padding', 'block_convs', 'block_channels', 'block_dilations', 'pools', 'fc6_kernel',
+          'fc6_dilation', 'fc_channels', 'dropout_rate')},
+      # dilations=() means no context module (the front-end stage).
+      context=dict(dilations=ctx.BASIC, channel_multipliers=(1,) * len(ctx.BASIC), padding='same', init='identity',
+                   noise_std=0.01),
+      upsample='zoom',
+      dtype='float32',  # compute dtype; parameters stay float32
+  ))
+  presets = {
+      'pascal_voc': dict(num_classes=21, dilations=ctx.BASIC, multipliers=ctx.LARGE_MULTIPLIERS, padding='pad_once'),
+      'camvid': dict(num_classes=11, dilations=ctx.BASIC),
+      'kitti': dict(num_classes=11, dilations=ctx.DILATION7),
+      'cityscapes': dict(num_classes=19, dilations=ctx.DILATION10, upsample='deconv'),
+  }
+  if preset is not None:
+    if preset not in presets:
+      raise ValueError(f'preset: expected one of {sorted(presets)}, got {preset!r}')
+    p = presets[preset]
+    cfg.num_classes = p['num_classes']
+    cfg.context.dilations = p['dilations']
+    cfg.context.channel_multipliers = p.get('multipliers', (1,) * len(p['dilations']))
+    cfg.context.padding = p.get('padding', 'same')
+    cfg.upsample = p.get('upsample', 'zoom')
+  return cfg
+
+
+def build_model(cfg: ml_collections.ConfigDict, with_context: bool = True) -> DilationNet:
+  """A DilationNet from the model fields of a config; with_context=False or no dilations gives the front end alone."""
+  dtype = jnp.dtype(cfg.dtype)
+  front_end = FrontEnd(num_classes=cfg.num_classes, dtype=dtype, **cfg.front_end.to_dict())
+  context_module = None
+  if with_context and cfg.context.dilations:
+    ctx.check_schedule(cfg.context.dilations, cfg.context.channel_multipliers, cfg.context.padding)
+    context_module = ContextModule(
+        num_classes=cfg.num_classes, dilations=tuple(cfg.context.dilations),
+        channel_multipliers=tuple(cfg.context.channel_multipliers), padding=cfg.context.padding,
+        init_scheme=cfg.context.init, noise_std=cfg.context.noise_std, dtype=dtype)
+  if cfg.upsample not in UPSAMPLINGS:
+    raise ValueError(f'model.upsample: expected one of {UPSAMPLINGS}, got {cfg.upsample!r}')
+  return DilationNet(front_end, context_module)

@@ -1,0 +1,30 @@
+"""The device mesh and the layouts on it: parameters replicated, batches split over 'data' across devices and hosts."""
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process, axis 'data' (what pmap did, as jit over a mesh)."""
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P('data'))
+
+
+def global_batch(mesh, local: dict) -> dict:
+  """A global array per key from this process's rows (process i holds rows [i n, (i + 1) n) of the batch)."""
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def process_rows(global_size: int) -> slice:
+  """This process's rows of a global batch of `global_size`."""
+  n = global_size // jax.process_count()
+  return slice(jax.process_index() * n, (jax.process_index() + 1) * n)

@@ -1,0 +1,359 @@
+"""Trains one stage of the dilation network (paper.md 3): front end, context module, or both jointly.
+
+  python -m dilated_jax.train --config=experiments/synthetic.py:stage=frontend --workdir=runs/synthetic/frontend
+
+Rerunning the same command in the same workdir resumes from the last checkpoint, data order included.
+The context stage trains on the front end's scores, computed once and cached in the workdir (as the paper did).
+"""
+
+import json
+import os
+import signal
+import time
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from dilated_jax import checkpoint, cli, metrics, sharding
+from dilated_jax import data as datasets
+from dilated_jax import receptive_field as rf
+from dilated_jax.data import pipeline
+from dilated_jax.data.info import IGNORE_LABEL
+from dilated_jax.evaluate import Predictor, evaluate, report
+from dilated_jax.models import build_model
+
+# ------------------------------------------------------------------ loss and optimizer
+
+
+def loss_and_metrics(logits, labels, num_classes: int):
+  """Softmax cross-entropy averaged over non-ignored cells (Caffe's normalization VALID), accuracy, confusion."""
+  valid = labels != IGNORE_LABEL
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+  count = jnp.maximum(valid.sum(), 1)
+  loss = jnp.where(valid, nll, 0.0).sum() / count
+  preds = jnp.argmax(logits, axis=-1)
+  accuracy = jnp.where(valid, preds == labels, False).sum() / count
+  return loss, {'loss': loss, 'accuracy': accuracy, 'confusion': metrics.confusion_matrix(labels, preds, num_classes)}
+
+
+def optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Caffe's SGD: v <- momentum v - lr (g + wd w), w <- w + v; weight decay on kernels only, bias lr x bias_lr_mult."""
+  schedule = optax.piecewise_constant_schedule(cfg.lr, {int(s): cfg.lr_gamma for s in cfg.lr_steps})
+  leaf_is = lambda name: lambda params: jax.tree_util.tree_map_with_path(lambda p, _: p[-1].key == name, params)
+  return optax.chain(
+      optax.masked(optax.add_decayed_weights(cfg.weight_decay), leaf_is('kernel')),
+      optax.masked(optax.scale(cfg.bias_lr_mult), leaf_is('bias')),
+      optax.scale_by_schedule(lambda step: -schedule(step)),
+      # The learning rate goes into the momentum buffer, as in Caffe (optax.sgd would apply it after the trace).
+      optax.trace(decay=cfg.momentum))
+
+
+# ------------------------------------------------------------------ the stages' inputs
+
+
+def image_examples(cfg, source, model, info):
+  """make_example(i, rng) for the image stages (frontend, joint): crop, flip, mean, label slice (paper.md 1.3)."""
+  fe = model.front_end
+  crop = tuple(cfg.data.crop)
+  if crop == (0, 0):  # the whole image: all images must share one size
+    h, w = source[0][0].shape[:2]
+    crop = (h + 2 * fe.margin, w + 2 * fe.margin)
+  out_hw = tuple(rf.output_size(c, fe.layers(), fe.padding) for c in crop)
+  if fe.padding.upper() == 'VALID' and any((c - 2 * fe.margin) % fe.stride for c in crop):
+    raise ValueError(f'data.crop: {crop} cannot be taken by this front end: expected crop - {2 * fe.margin} '
+                     f'to be a multiple of {fe.stride} (e.g. {2 * fe.margin + 16 * fe.stride})')
+
+  def make_example(i, rng):
+    image, label = source[i]
+    return pipeline.train_example(image, label, crop=crop, margin=fe.margin, stride=fe.stride, out_hw=out_hw,
+                                  mean_bgr=info.mean_bgr, rng=rng, flip=cfg.data.flip)
+
+  return make_example, crop
+
+
+def cached_scores(cfg, workdir, source, predictor: Predictor, front_end_params):
+  """The front end's score maps of every training image and their labels at stride s, written once to the workdir.
+
+  Scores come from the test-time tiling (as the authors' test.py --bin); the label of cell i is pixel s * i of the
+  image, IGNORE_LABEL beyond it.
+  """
+  path = os.path.join(workdir, 'features', 'train.npz')
+  if os.path.exists(path):
+    with np.load(path) as f:
+      return f['scores'], f['labels']
+  logging.info('computing the front end scores of %d training images (once)', len(source))
+  s = predictor.stride
+  scores, labels = [], []
+  apply = jax.jit(lambda p, x: predictor.model.apply({'params': p}, x))
+  for i in range(len(source)):
+    image, label = source[i]
+    grid = predictor.grid(image.shape[:2])
+    tiles = apply(front_end_params, predictor.tiles(image, grid))
+    nh, nw = grid
+    _, h, w, c = tiles.shape
+    scores.append(np.asarray(tiles).reshape(nh, nw, h, w, c).transpose(0, 2, 1, 3, 4).reshape(nh * h, nw * w, c))
+    labels.append(pipeline.label_slice(label, 0, s, (nh * h, nw * w)))
+  if len({x.shape for x in scores}) > 1:
+    raise ValueError('stage context: every training image must give score maps of one size (the paper trains the '
+                     'context module on whole images)')
+  scores, labels = np.stack(scores), np.stack(labels)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path + '.tmp.npz', scores=scores, labels=labels)
+    os.replace(path + '.tmp.npz', path)
+  return scores, labels
+
+
+# ------------------------------------------------------------------ logging
+
+
+class Log:
+  """Progress lines, a JSON-lines file and TensorBoard events, written by process 0 only."""
+
+  def __init__(self, workdir, total_steps, batch_size):
+    self.total, self.batch = total_steps, batch_size
+    self.main = jax.process_index() == 0
+    self.tb = None
+    if self.main:
+      from tensorboardX import SummaryWriter  # no TensorFlow needed
+      self.tb = SummaryWriter(os.path.join(workdir, 'tb'))
+      self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self.t0, self.step0 = time.time(), None
+
+  def write(self, step, scalars: dict, kind: str):
+    if not self.main:
+      return
+    for k, v in scalars.items():
+      self.tb.add_scalar(f'{kind}/{k}', v, step)
+    self.jsonl.write(json.dumps({'step': step, 'kind': kind, **scalars}) + '\n')
+    self.jsonl.flush()
+
+  def progress(self, step, scalars: dict):
+    now = time.time()
+    if self.step0 is None:  # the first interval includes compilation: time from here on
+      self.t0, self.step0 = now, step
+      speed = float('nan')
+    else:
+      speed = (step - self.step0) * self.batch / (now - self.t0)
+    eta = (self.total - step) * self.batch / speed if speed == speed and speed > 0 else float('nan')
+    scalars = dict(scalars, images_per_sec=speed)
+    self.write(step, scalars, 'train')
+    eta_text = '?' if eta != eta else f'{int(eta // 60)}m{int(eta % 60):02d}s'
+    logging.info('step %d/%d  loss %.4f  acc %.3f  mIoU %.3f  %.1f img/s  ETA %s', step, self.total,
+                 scalars['loss'], scalars['accuracy'], scalars['miou'], speed, eta_text)
+
+  def close(self):
+    if self.main:
+      self.tb.close()
+      self.jsonl.close()
+
+
+# ------------------------------------------------------------------ training
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains cfg.stage in `workdir` (resuming if it holds a checkpoint); returns the final evaluation."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if not os.access(workdir, os.W_OK):
+    raise PermissionError(f'workdir: {workdir} is not writable')
+  _write_config(cfg, workdir)
+  stage = cfg.stage
+  mesh = sharding.make_mesh()
+  if cfg.batch_size % jax.device_count():
+    raise ValueError(f'batch_size: {cfg.batch_size} does not split over {jax.device_count()} devices')
+
+  # --- data and model
+  info = datasets.dataset_info(cfg.data)
+  if cfg.model.num_classes != info.num_classes:
+    raise ValueError(f'model.num_classes: {cfg.model.num_classes}, but {info.name} has {info.num_classes} classes')
+  model = build_model(cfg.model, with_context=stage != 'frontend')
+  if stage != 'frontend' and model.context_module is None:
+    raise ValueError(f'model.context.dilations: stage {stage} needs a context module, got none')
+  train_source = datasets.get_source(cfg.data, 'train', cfg.seed)
+  val_source = datasets.get_source(cfg.data, cfg.eval.split, cfg.seed)
+  predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=stage != 'frontend')
+  make_example, crop = image_examples(cfg, train_source, model, info)
+
+  # --- parameters: fresh, or from the previous stage
+  rng = jax.random.key(cfg.seed)
+  params = jax.jit(model.init)(rng, jnp.zeros((1,) + crop + (3,)))['params']
+  params = jax.device_get(params)
+  if stage != 'frontend':
+    if not cfg.init_from:
+      raise ValueError(f'init_from: stage {stage} starts from the workdir of the previous stage; none given')
+    loaded = checkpoint.load_params(cfg.init_from, 'latest')
+    params = _merge(params, loaded, keys=('front_end',) if stage == 'context' else tuple(loaded), source=cfg.init_from)
+  trainable = ('context_module',) if stage == 'context' else tuple(params)
+
+  if stage == 'context':
+    front_end = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=False)
+    scores, labels = cached_scores(cfg, workdir, train_source, front_end, {'front_end': params['front_end']})
+
+    def make_example(i, rng):  # noqa: F811 - the context stage reads cached scores: whole maps, random flip
+      x, y = scores[i], labels[i]
+      if cfg.data.flip and rng.random() < 0.5:
+        x, y = x[:, ::-1], y[:, ::-1]
+      return {'image': np.ascontiguousarray(x), 'label': np.ascontiguousarray(y)}
+
+    num_examples = len(scores)
+  else:
+    num_examples = len(train_source)
+
+  def forward(p, x, dropout_rng):
+    if stage == 'context':
+      return model.context_module.apply({'params': p['context_module']}, x)
+    return model.apply({'params': p}, x, train=True, rngs={'dropout': dropout_rng})
+
+  # --- optimizer and state
+  tx = optimizer(cfg)
+  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
+           'opt_state': tx.init({k: params[k] for k in trainable})}
+  repl = sharding.replicated(mesh)
+  state = jax.device_put(state, repl)
+
+  def train_step(state, batch):
+    dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, 1), state['step'])
+
+    def loss_fn(t):
+      logits = forward({**state['params'], **t}, batch['image'], dropout_rng)
+      return loss_and_metrics(logits, batch['label'], cfg.model.num_classes)
+
+    t = {k: state['params'][k] for k in trainable}
+    grads, step_metrics = jax.grad(loss_fn, has_aux=True)(t)
+    updates, opt_state = tx.update(grads, state['opt_state'], t)
+    t = optax.apply_updates(t, updates)
+    return {'step': state['step'] + 1, 'params': {**state['params'], **t}, 'opt_state': opt_state}, step_metrics
+
+  step_fn = jax.jit(train_step, in_shardings=(repl, sharding.batch_sharded(mesh)), out_shardings=(repl, repl),
+                    donate_argnums=0)
+
+  # --- checkpoints: resume if the workdir has one
+  mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
+  start = mngr.latest_step()
+  if start is not None:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    state = checkpoint.restore(mngr, start, abstract)
+    logging.info('resumed from %s at step %d', mngr.directory, start)
+  start = int(jax.device_get(state['step']))
+
+  stop = {'signal': None}
+  previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+
+  # --- loop
+  log = Log(workdir, cfg.total_steps, cfg.batch_size)
+  inputs = pipeline.batches(make_example, num_examples, global_batch=cfg.batch_size, seed=cfg.seed,
+                            start_step=start, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+  num_classes = cfg.model.num_classes
+  acc = None
+  result = None
+  logging.info('stage %s: steps %d..%d, global batch %d on %d devices (%d processes)', stage, start,
+               cfg.total_steps, cfg.batch_size, jax.device_count(), jax.process_count())
+  try:
+    for step in range(start + 1, cfg.total_steps + 1):
+      batch = sharding.global_batch(mesh, next(inputs))
+      state, m = step_fn(state, batch)
+      # Metrics stay on device between log lines: no host synchronisation in the steady state.
+      acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
+      if step % cfg.log_every == 0 or step == cfg.total_steps:
+        acc = jax.device_get(acc)
+        n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+        loss = float(acc['loss']) / n
+        if not np.isfinite(loss):
+          raise FloatingPointError(f'step {step}: non-finite loss {loss}; the last good checkpoint is kept')
+        log.progress(step, {'loss': loss, 'accuracy': float(acc['accuracy']) / n,
+                            'miou': metrics.scores(acc['confusion'])['miou']})
+        acc = None
+      evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.total_steps
+      if evaluate_now:
+        result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size)
+        log.write(step, {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, cfg.eval.split)
+        logging.info('step %d: %s mIoU %.4f', step, cfg.eval.split, result['miou'])
+      if evaluate_now or step % cfg.checkpoint_every == 0 or stop['signal']:
+        checkpoint.save(mngr, step, state, metrics={'miou': result['miou']} if evaluate_now else None,
+                        force=True)
+      if stop['signal']:
+        logging.warning('SIGTERM: checkpoint at step %d written, exiting', step)
+        break
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    log.close()
+    signal.signal(signal.SIGTERM, previous_handler)
+  if stop['signal']:
+    raise SystemExit(128 + signal.SIGTERM)
+  if result is None:  # resumed after the last step: evaluate the final parameters again
+    result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size)
+  result.update(split=cfg.eval.split, step=cfg.total_steps, stage=stage, dataset=cfg.data.name)
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, 'eval', f'{cfg.eval.split}_final.json'), result)
+    print(report(result, info, f'{stage} {cfg.eval.split}'))
+  return result
+
+
+def _merge(params, loaded, keys, source):
+  """params with the subtrees `keys` replaced by those of `loaded`, after checking every shape."""
+  out = dict(params)
+  for key in keys:
+    if key not in loaded:
+      raise ValueError(f'init_from: {source} has no {key} parameters (found {sorted(loaded)})')
+    if key not in params:
+      continue
+    want = jax.tree_util.tree_flatten_with_path(params[key])[0]
+    got = dict(jax.tree_util.tree_flatten_with_path(loaded[key])[0])
+    for path, leaf in want:
+      name = key + jax.tree_util.keystr(path)
+      if path not in got:
+        raise ValueError(f'init_from: {source} lacks {name}')
+      if got[path].shape != leaf.shape:
+        raise ValueError(f'init_from: {name} in {source} has shape {got[path].shape}, the model wants {leaf.shape}')
+    out[key] = loaded[key]
+  return out
+
+
+def _write_json(path, obj):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
+def _write_config(cfg, workdir):
+  """config.json of the run; a rerun with other settings is logged, since it resumes the same checkpoints."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, 'config.json')
+  text = cfg.to_json_best_effort(indent=1, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() != text:
+        logging.warning('%s differs from this run\'s config; keeping the first, resuming its checkpoints', path)
+    return
+  with open(path, 'w') as f:
+    f.write(text)
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  if FLAGS.multihost:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize()
+  train(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'experiment config file', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'where checkpoints, logs and results go; rerun to resume')
+  flags.DEFINE_bool('multihost', False, 'call jax.distributed.initialize() (TPU pods, several GPU hosts)')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(cli.entry_point(main))
