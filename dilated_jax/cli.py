@@ -28,7 +28,7 @@ def configure_xla():
 
 
 # Errors that mean bad input or settings: shown as one line, exit code 2. Anything else is a bug: full traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, KeyError)
+USER_ERRORS = (ValueError, OSError, KeyError)  # OSError: missing, unreadable or unwritable files
 
 
 def quiet_libraries():
@@ -40,6 +40,34 @@ def quiet_libraries():
       return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
 
   std_logging.getLogger('absl').addFilter(Filter())
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad flag or config override (`--config.totl_steps=5`) as one line and exit 2."""
+  from absl import flags
+
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - ml_collections raises AttributeError, ValueError, flags.Error...
+    if os.environ.get('DILATED_JAX_DEBUG'):
+      raise
+    # ml_collections wraps the informative error (AttributeError: ... Did you mean "total_steps" ...) in flag errors.
+    chain = [e]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+      chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    informative = [c for c in chain if not isinstance(c, (flags.Error, KeyError))]
+    message = (informative or chain)[-1]
+    while isinstance(message, BaseException):  # AttributeError(KeyError(text)): the text, not its repr
+      message = message.args[0] if message.args else str(message)
+    print('error: ' + ' '.join(message.split()), file=sys.stderr)
+    sys.exit(2)
+
+
+def run(main):
+  """app.run(main) with clear errors: bad flags and bad input give one line and exit code 2."""
+  from absl import app
+
+  app.run(entry_point(main), flags_parser=parse_flags)
 
 
 def entry_point(main):

@@ -3,25 +3,32 @@
 import ml_collections
 
 from dilated_jax.data import synthetic
+from dilated_jax.data.info import DATASETS
 from dilated_jax.models import model_config
 
 STAGES = ('frontend', 'context', 'joint')
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
-  """'stage=context,variant=large' -> dict, over `defaults`; a key not in `defaults` is an error."""
-  out = dict(defaults)
+  """'stage=context,variant=large' -> dict, over `defaults`; a key not in `defaults` is an error.
+
+  A default given as a tuple lists the values allowed, the first being the default; another value is an error.
+  """
+  choices = {k: v for k, v in defaults.items() if isinstance(v, tuple)}
+  out = {k: v[0] if k in choices else v for k, v in defaults.items()}
   for item in filter(None, (arg or '').split(',')):
     key, sep, value = item.partition('=')
     if not sep or key not in defaults:
       raise ValueError(f'config argument {item!r}: expected key=value with key one of {sorted(defaults)}')
+    if key in choices and value not in choices[key]:
+      raise ValueError(f'config argument {item!r}: expected {key} to be one of {choices[key]}')
     out[key] = value
   return out
 
 
 def base(preset: str | None = None) -> ml_collections.ConfigDict:
-  """Defaults: the released code's SGD settings (paper.md 3.5), the model of `preset`, no dataset chosen."""
-  return ml_collections.ConfigDict(dict(
+  """Defaults: the released code's SGD settings (paper.md 3.5); with a preset, its model, dataset and test tile."""
+  cfg = ml_collections.ConfigDict(dict(
       stage='frontend',  # frontend | context (on the cached front-end scores) | joint
       init_from='',  # workdir of the previous stage (context, joint)
       seed=0,
@@ -41,12 +48,24 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
       data=dict(
           name='synthetic',
           dir='',  # root of a prepared paper dataset
+          variant='',  # which training set of data.name, e.g. pascal_voc 'sbd' or 'coco'; '' = the dataset's own
           crop=(500, 500),  # training crop, margin included (paper.md 1.3); (0, 0): the whole image + margin
           flip=True,
           synthetic=synthetic.default_config(),
       ),
       eval=dict(split='val', tile=(528, 528), batch_size=8),
   ))
+  if preset is not None:
+    cfg.data.update(name=preset, dir=f'data/{preset}')
+    cfg.eval.tile = DATASETS[preset].tile
+  return cfg
+
+
+def urban_frontend(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The front-end recipe of CamVid, KITTI and Cityscapes (paper.md 3.4): 8 crops of 628, lr 1e-4, momentum 0.99."""
+  cfg.update(stage='frontend', batch_size=8, lr=1e-4, momentum=0.99)
+  cfg.data.crop = (628, 628)
+  return cfg
 
 
 def finalize(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -55,3 +74,17 @@ def finalize(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ValueError(f'stage: expected one of {STAGES}, got {cfg.stage!r}')
   cfg.lock()
   return cfg
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config of 'path/to/experiment.py[:arg]', as --config=spec gives it (for notebooks and tests)."""
+  import importlib.util
+  import os
+
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config: {path} is not a file')
+  module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

@@ -115,7 +115,7 @@ def padded_batches(source, batch_size: int):
 
 def evaluate(predictor: Predictor, params, source, info, batch_size: int) -> dict:
   """Confusion matrix, per-class IoU, mIoU and pixel accuracy of `params` on every image of `source`."""
-  batch_size = math.ceil(batch_size / jax.device_count()) * jax.device_count()
+  batch_size = math.ceil(batch_size / predictor.mesh.size) * predictor.mesh.size
   confusion = jnp.zeros((info.num_classes, info.num_classes), jnp.int32)
   for images, labels in padded_batches(source, batch_size):
     confusion = confusion + predictor.confusion(params, images, labels, info.num_classes)
@@ -165,4 +165,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('split', 'test', 'dataset split')
   flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'which checkpoint of the workdir')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(cli.entry_point(main))
+  cli.run(main)

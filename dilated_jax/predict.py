@@ -58,7 +58,7 @@ def main(argv):
   params = jax.device_put(params, sharding.replicated(mesh))
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   for path, image in zip(paths, images):
-    fill = [np.zeros_like(image)] * (jax.device_count() - 1)  # one image per call, the batch filled up per device
+    fill = [np.zeros_like(image)] * (mesh.size - 1)  # one image per call, the batch filled up per device
     probs = predictor.probabilities(params, [image] + fill)[0]
     labels = probs.argmax(-1)
     stem = os.path.join(FLAGS.output_dir, os.path.splitext(os.path.basename(path))[0])
@@ -78,4 +78,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('output_dir', None, 'where the PNGs go')
   flags.DEFINE_bool('save_probs', False, 'also write <stem>.npy: full-resolution class probabilities')
   flags.mark_flags_as_required(['config', 'workdir', 'output_dir'])
-  app.run(cli.entry_point(main))
+  cli.run(main)

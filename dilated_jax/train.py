@@ -77,7 +77,7 @@ def image_examples(cfg, source, model, info):
   return make_example, crop
 
 
-def cached_scores(cfg, workdir, source, predictor: Predictor, front_end_params):
+def cached_scores(workdir, source, predictor: Predictor, front_end_params):
   """The front end's score maps of every training image and their labels at stride s, written once to the workdir.
 
   Scores come from the test-time tiling (as the authors' test.py --bin); the label of cell i is pixel s * i of the
@@ -157,19 +157,15 @@ class Log:
 # ------------------------------------------------------------------ training
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains cfg.stage in `workdir` (resuming if it holds a checkpoint); returns the final evaluation."""
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  if not os.access(workdir, os.W_OK):
-    raise PermissionError(f'workdir: {workdir} is not writable')
-  _write_config(cfg, workdir)
+def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
+  """Trains cfg.stage in `workdir` (resuming if it holds a checkpoint) on `devices` (default all); returns the final
+  evaluation."""
   stage = cfg.stage
-  mesh = sharding.make_mesh()
-  if cfg.batch_size % jax.device_count():
-    raise ValueError(f'batch_size: {cfg.batch_size} does not split over {jax.device_count()} devices')
+  mesh = sharding.make_mesh(devices)
+  if cfg.batch_size % mesh.size:
+    raise ValueError(f'batch_size: {cfg.batch_size} does not split over {mesh.size} devices')
 
-  # --- data and model
+  # --- data and model (checked before anything is written)
   info = datasets.dataset_info(cfg.data)
   if cfg.model.num_classes != info.num_classes:
     raise ValueError(f'model.num_classes: {cfg.model.num_classes}, but {info.name} has {info.num_classes} classes')
@@ -180,21 +176,40 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   val_source = datasets.get_source(cfg.data, cfg.eval.split, cfg.seed)
   predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=stage != 'frontend')
   make_example, crop = image_examples(cfg, train_source, model, info)
+  if stage != 'frontend' and not cfg.init_from:
+    raise ValueError(f'init_from: stage {stage} starts from the workdir of the previous stage; none given')
 
-  # --- parameters: fresh, or from the previous stage
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if not os.access(workdir, os.W_OK):
+    raise PermissionError(f'workdir: {workdir} is not writable')
+  _write_config(cfg, workdir)
+
+  # --- parameters: fresh, from the previous stage, or (resuming) from this workdir's last checkpoint
+  mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
+  resume_step = mngr.latest_step()
   rng = jax.random.key(cfg.seed)
-  params = jax.jit(model.init)(rng, jnp.zeros((1,) + crop + (3,)))['params']
-  params = jax.device_get(params)
-  if stage != 'frontend':
-    if not cfg.init_from:
-      raise ValueError(f'init_from: stage {stage} starts from the workdir of the previous stage; none given')
+  params = jax.device_get(jax.jit(model.init)(rng, jnp.zeros((1,) + crop + (3,)))['params'])
+  if cfg.init_from and resume_step is None:  # the front end (context stage) or everything the workdir has
     loaded = checkpoint.load_params(cfg.init_from, 'latest')
     params = _merge(params, loaded, keys=('front_end',) if stage == 'context' else tuple(loaded), source=cfg.init_from)
   trainable = ('context_module',) if stage == 'context' else tuple(params)
 
+  tx = optimizer(cfg)
+  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
+           'opt_state': tx.init({k: params[k] for k in trainable})}
+  repl = sharding.replicated(mesh)
+  state = jax.device_put(state, repl)
+  if resume_step is not None:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    state = checkpoint.restore(mngr, resume_step, abstract)
+    logging.info('resumed from %s at step %d', mngr.directory, resume_step)
+  start = int(jax.device_get(state['step']))
+
+  # --- the stage's inputs and forward pass
   if stage == 'context':
     front_end = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=False)
-    scores, labels = cached_scores(cfg, workdir, train_source, front_end, {'front_end': params['front_end']})
+    scores, labels = cached_scores(workdir, train_source, front_end, {'front_end': state['params']['front_end']})
 
     def make_example(i, rng):  # noqa: F811 - the context stage reads cached scores: whole maps, random flip
       x, y = scores[i], labels[i]
@@ -211,13 +226,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
       return model.context_module.apply({'params': p['context_module']}, x)
     return model.apply({'params': p}, x, train=True, rngs={'dropout': dropout_rng})
 
-  # --- optimizer and state
-  tx = optimizer(cfg)
-  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
-           'opt_state': tx.init({k: params[k] for k in trainable})}
-  repl = sharding.replicated(mesh)
-  state = jax.device_put(state, repl)
-
+  # --- the step: data-parallel over the mesh, state donated
   def train_step(state, batch):
     dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, 1), state['step'])
 
@@ -234,15 +243,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   step_fn = jax.jit(train_step, in_shardings=(repl, sharding.batch_sharded(mesh)), out_shardings=(repl, repl),
                     donate_argnums=0)
 
-  # --- checkpoints: resume if the workdir has one
-  mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
-  start = mngr.latest_step()
-  if start is not None:
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    state = checkpoint.restore(mngr, start, abstract)
-    logging.info('resumed from %s at step %d', mngr.directory, start)
-  start = int(jax.device_get(state['step']))
-
   stop = {'signal': None}
   previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
 
@@ -251,11 +251,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   inputs = pipeline.batches(make_example, num_examples, global_batch=cfg.batch_size, seed=cfg.seed,
                             start_step=start, process_index=jax.process_index(),
                             process_count=jax.process_count())
-  num_classes = cfg.model.num_classes
   acc = None
   result = None
   logging.info('stage %s: steps %d..%d, global batch %d on %d devices (%d processes)', stage, start,
-               cfg.total_steps, cfg.batch_size, jax.device_count(), jax.process_count())
+               cfg.total_steps, cfg.batch_size, mesh.size, jax.process_count())
   try:
     for step in range(start + 1, cfg.total_steps + 1):
       batch = sharding.global_batch(mesh, next(inputs))
@@ -356,4 +355,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'where checkpoints, logs and results go; rerun to resume')
   flags.DEFINE_bool('multihost', False, 'call jax.distributed.initialize() (TPU pods, several GPU hosts)')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(cli.entry_point(main))
+  cli.run(main)

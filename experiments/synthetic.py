@@ -8,7 +8,7 @@ r"""The built-in synthetic dataset: front end, then the context module on its ca
 Arguments: stage=frontend|context|joint, context=basic|large|flat (flat: the same depth, every dilation 1).
 The front end is shallow (two VGG blocks, one pool: stride 2, receptive field 18 px) so that on 128 px scenes
 the context module's 67 cells (134 px) see the whole scene and the front end alone does not: discs are only told
-apart by markers at least 24 px away. Expected on a 2-core CPU (experiments/quickstart.sh): see README.md.
+apart by the colour of a frame at least 24 px away. Expected on a 2-core CPU (experiments/quickstart.sh): see README.md.
 """
 
 from dilated_jax import config as base_config
@@ -16,12 +16,13 @@ from dilated_jax.models import context
 
 
 def get_config(arg=None):
-  args = base_config.parse_arg(arg, stage='frontend', context='basic')
+  args = base_config.parse_arg(arg, stage=base_config.STAGES, context=('basic', 'large', 'flat'))
   cfg = base_config.base()
   s = cfg.data.synthetic
   cfg.model.num_classes = 1 + 2 * s.num_scenes
   cfg.model.front_end.update(block_convs=(2, 2), block_channels=(16, 32), block_dilations=(1, 1), pools=1,
-                             fc6_kernel=3, fc6_dilation=1, fc_channels=64, dropout_rate=0.0)
+                             fc6_kernel=3, fc6_dilation=1, fc_channels=64, dropout_rate=0.0,
+                             input_scale=0.02)
   n = len(context.BASIC)
   cfg.model.context.update({
       'basic': dict(dilations=context.BASIC, channel_multipliers=(1,) * n),
@@ -33,9 +34,9 @@ def get_config(arg=None):
   cfg.eval.batch_size = 16
   cfg.stage = args['stage']
   if cfg.stage == 'frontend':
-    cfg.update(batch_size=8, total_steps=600, lr=0.01, log_every=50, checkpoint_every=200, eval_every=200)
+    cfg.update(batch_size=8, total_steps=600, lr=1e-2, log_every=50, checkpoint_every=200, eval_every=200)
   elif cfg.stage == 'context':
-    cfg.update(batch_size=16, total_steps=600, lr=1e-3, log_every=50, checkpoint_every=200, eval_every=200)
+    cfg.update(batch_size=16, total_steps=800, lr=3e-3, log_every=100, checkpoint_every=400, eval_every=400)
   else:
     cfg.update(batch_size=8, total_steps=300, lr=1e-3, log_every=50, checkpoint_every=100, eval_every=100)
   return base_config.finalize(cfg)

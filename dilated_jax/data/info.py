@@ -11,7 +11,7 @@ class DatasetInfo:
   class_names: tuple[str, ...]
   palette: tuple[tuple[int, int, int], ...]  # RGB, index = class id
   mean_bgr: tuple[float, float, float]
-  tile: tuple[int, int]  # output tile of test-time tiling = the deploy input minus the front end's shrinkage
+  tile: tuple[int, int]  # output tile of test-time tiling: the deploy input minus the front end's shrinkage (372)
 
   @property
   def num_classes(self) -> int:
@@ -32,7 +32,8 @@ DATASETS = {
          (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128)),
         (102.93, 111.36, 116.52), (528, 528)),
     'camvid': DatasetInfo('camvid', _URBAN, _URBAN_PALETTE, (110.70313206, 108.77808759, 105.41212523), (528, 728)),
-    'kitti': DatasetInfo('kitti', _URBAN, _URBAN_PALETTE, (96.19429688, 95.55136972, 91.34692262), (480, 1268)),
+    # The deploy input 852x1640 gives 60x159 cells through ceil-mode pooling (paper.md 1.2): a tile of 480x1272 px.
+    'kitti': DatasetInfo('kitti', _URBAN, _URBAN_PALETTE, (96.19429688, 95.55136972, 91.34692262), (480, 1272)),
     'cityscapes': DatasetInfo(
         'cityscapes',
         ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'light', 'sign', 'vegetation', 'terrain', 'sky',

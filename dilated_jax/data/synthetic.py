@@ -1,9 +1,9 @@
-"""A built-in dataset where context decides the class: identical discs whose class is set by far-away markers.
+"""A built-in dataset where context decides the class: identical discs whose class is set by a far-away frame.
 
-Every scene is of one of K types. Scene k scatters `num_markers` small squares of colour k (classes 1..K, easy to
-see locally) and `num_objects` grey discs, all identical, of class K + k. Markers keep at least `marker_distance`
-pixels from every disc, so no window of that radius around a disc tells its class; the whole image always does.
-Classes: 0 background, 1..K markers, K+1..2K discs. Everything follows from (seed, split, index): no files.
+Every scene is of one of K types. Scene k has a frame of colour k along the image border (classes 1..K, easy to
+see locally) and `num_objects` grey discs, all identical, of class K + k. Discs keep at least `frame_distance`
+pixels from the frame, so no window of that radius around a disc tells its class; the whole image always does.
+Classes: 0 background, 1..K frames, K+1..2K discs. Everything follows from (seed, split, index): no files.
 """
 
 import functools
@@ -15,7 +15,7 @@ import numpy as np
 from dilated_jax.data.info import DatasetInfo
 
 SPLITS = {'train': 0, 'val': 1, 'test': 2}
-MARKER_COLOURS = ((220, 40, 40), (40, 200, 40), (40, 80, 230), (230, 200, 30), (200, 40, 200), (30, 200, 210))
+FRAME_COLOURS = ((220, 40, 40), (40, 200, 40), (40, 80, 230), (230, 200, 30), (200, 40, 200), (30, 200, 210))
 DISC_COLOUR = (235, 235, 235)
 MEAN_BGR = (110.0, 110.0, 110.0)
 
@@ -23,18 +23,18 @@ MEAN_BGR = (110.0, 110.0, 110.0)
 def default_config() -> ml_collections.ConfigDict:
   """The data.synthetic fields of a config."""
   return ml_collections.ConfigDict(dict(
-      image_size=128, num_scenes=2, num_objects=4, disc_radius=7, num_markers=3, marker_size=6,
-      marker_distance=24, noise=25.0, train_size=1000, val_size=100, test_size=100))
+      image_size=128, num_scenes=2, num_objects=4, disc_radius=7, frame_width=8, frame_distance=24, noise=25.0,
+      train_size=1000, val_size=100, test_size=100))
 
 
 def info(cfg: ml_collections.ConfigDict) -> DatasetInfo:
   """Class names, palette and mean of the synthetic dataset with cfg.num_scenes scene types."""
   k = cfg.num_scenes
-  if not 1 <= k <= len(MARKER_COLOURS):
-    raise ValueError(f'data.synthetic.num_scenes: expected 1..{len(MARKER_COLOURS)}, got {k}')
-  names = ('background',) + tuple(f'marker{i}' for i in range(1, k + 1)) + tuple(f'disc{i}' for i in range(1, k + 1))
-  palette = ((0, 0, 0),) + MARKER_COLOURS[:k] + tuple((c // 2 + 60, c // 2 + 60, 255 - c // 2) for c, _, _ in
-                                                       MARKER_COLOURS[:k])
+  if not 1 <= k <= len(FRAME_COLOURS):
+    raise ValueError(f'data.synthetic.num_scenes: expected 1..{len(FRAME_COLOURS)}, got {k}')
+  names = ('background',) + tuple(f'frame{i}' for i in range(1, k + 1)) + tuple(f'disc{i}' for i in range(1, k + 1))
+  palette = ((0, 0, 0),) + FRAME_COLOURS[:k] + tuple((c // 2 + 60, c // 2 + 60, 255 - c // 2) for c, _, _ in
+                                                       FRAME_COLOURS[:k])
   return DatasetInfo('synthetic', names, palette, MEAN_BGR, (cfg.image_size, cfg.image_size))
 
 
@@ -59,34 +59,31 @@ class SyntheticScenes:
 
 
 def render(cfg, rng: np.random.Generator):
-  """One scene: noisy background, discs of class K + k, markers of class k for a random scene type k."""
-  s, k, r = cfg.image_size, cfg.num_scenes, cfg.disc_radius
+  """One scene: noisy background, a frame of colour k (class k), discs of class K + k, for a random scene type k."""
+  s, k, r, f = cfg.image_size, cfg.num_scenes, cfg.disc_radius, cfg.frame_width
   scene = int(rng.integers(k))
   image = np.clip(110 + cfg.noise * rng.standard_normal((s, s, 3)), 0, 255)
   label = np.zeros((s, s), np.uint8)
+  frame = np.ones((s, s), bool)
+  frame[f:s - f, f:s - f] = False
+  image[frame] = FRAME_COLOURS[scene]
+  label[frame] = 1 + scene
+  lo, hi = f + cfg.frame_distance + r, s - f - cfg.frame_distance - r  # disc centres keep the distance
+  if hi <= lo:
+    raise ValueError(f'data.synthetic: no room for discs in {s} px with frame_width {f}, frame_distance '
+                     f'{cfg.frame_distance} and disc_radius {r}')
   yy, xx = np.mgrid[:s, :s]
   centres = []
   for _ in range(100 * cfg.num_objects):  # rejection sampling; discs do not overlap
     if len(centres) == cfg.num_objects:
       break
-    c = rng.integers(r, s - r, size=2)
+    c = rng.integers(lo, hi, size=2)
     if all(np.hypot(*(c - p)) > 2 * r + 2 for p in centres):
       centres.append(c)
-  disc_distance = np.full((s, s), np.inf)
   for cy, cx in centres:
-    d = np.hypot(yy - cy, xx - cx)
-    image[d <= r] = DISC_COLOUR
-    label[d <= r] = 1 + k + scene
-    disc_distance = np.minimum(disc_distance, d - r)
-  m, placed = cfg.marker_size, 0
-  for _ in range(200 * cfg.num_markers):
-    if placed == cfg.num_markers:
-      break
-    y, x = rng.integers(0, s - m, size=2)
-    if disc_distance[y:y + m, x:x + m].min() >= cfg.marker_distance and (label[y:y + m, x:x + m] == 0).all():
-      image[y:y + m, x:x + m] = MARKER_COLOURS[scene]
-      label[y:y + m, x:x + m] = 1 + scene
-      placed += 1
+    disc = np.hypot(yy - cy, xx - cx) <= r
+    image[disc] = DISC_COLOUR
+    label[disc] = 1 + k + scene
   return image.astype(np.uint8), label
 
 

@@ -31,6 +31,9 @@ class FrontEnd(nn.Module):
   fc6_dilation: int = 4
   fc_channels: int = 4096
   dropout_rate: float = 0.5
+  # Multiplies the input (BGR minus mean, 0-255). 1 for the paper's networks, whose weights expect that range;
+  # about 1/50 for networks trained from scratch, so that He-initialised activations start near unit scale.
+  input_scale: float = 1.0
   dtype: jnp.dtype | None = None
 
   def layers(self) -> list[rf.Layer]:
@@ -58,6 +61,8 @@ class FrontEnd(nn.Module):
   def __call__(self, x, train: bool = False):
     conv = lambda name, c, k=3, d=1: DilatedConv(
         self.channels(c), k, d, self.padding, dtype=self.dtype, name=name)
+    if self.input_scale != 1.0:
+      x = x * self.input_scale
     for b, (n, c, d) in enumerate(zip(self.block_convs, self.block_channels, self.block_dilations), start=1):
       for i in range(1, n + 1):
         x = nn.relu(conv(f'conv{b}_{i}', c, d=d)(x))

@@ -46,7 +46,7 @@ def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
       num_classes=21,
       front_end={k: fe[k].default for k in (
           'width', 'padding', 'block_convs', 'block_channels', 'block_dilations', 'pools', 'fc6_kernel',
-          'fc6_dilation', 'fc_channels', 'dropout_rate')},
+          'fc6_dilation', 'fc_channels', 'dropout_rate', 'input_scale')},
       # dilations=() means no context module (the front-end stage).
       context=dict(dilations=ctx.BASIC, channel_multipliers=(1,) * len(ctx.BASIC), padding='same', init='identity',
                    noise_std=0.01),

@@ -1,0 +1,172 @@
+"""Experiment configs: every one loads for each argument, is locked, builds its model, and states the paper's settings.
+
+Also the command line's answer to a config without its dataset, and to a mistyped override (paper.md 3, DESIGN.md 6).
+"""
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import pytest
+
+from dilated_jax import data as datasets
+from dilated_jax.models import build_model, context, upsample_probabilities
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Every argument value of every config; a new experiments/*.py must be listed here.
+ARGS = {
+    'synthetic': [None, 'stage=frontend', 'stage=context', 'stage=joint', 'stage=context,context=large',
+                  'stage=context,context=flat'],
+    'voc_frontend': [None, 'data=voc_sbd', 'data=coco', 'data=voc_finetune'],
+    'voc_context': [None, 'variant=basic', 'variant=large'],
+    'camvid_dilation8': [None, 'stage=frontend', 'stage=joint'],
+    'kitti_dilation7': [None, 'stage=frontend', 'stage=joint'],
+    'cityscapes_dilation10': [None, 'stage=frontend', 'stage=context', 'stage=joint'],
+}
+CASES = [(name, arg) for name, args in ARGS.items() for arg in args]
+
+
+def path_of(name):
+  return os.path.join(ROOT, 'experiments', f'{name}.py')
+
+
+def load(name, arg=None):
+  """As --config=experiments/<name>.py[:arg] does: import the file, call get_config(arg)."""
+  spec = importlib.util.spec_from_file_location(name, path_of(name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def test_every_experiment_config_is_listed():
+  found = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ROOT, 'experiments', '*.py'))}
+  assert found == set(ARGS)
+
+
+@pytest.mark.parametrize('name,arg', CASES)
+def test_config_loads_is_locked_and_builds(name, arg):
+  cfg = load(name, arg)
+  with pytest.raises(AttributeError, match='totl_steps'):
+    cfg.totl_steps = 5
+  with pytest.raises(AttributeError, match='nope'):
+    cfg.data.nope = 1
+  info = datasets.dataset_info(cfg.data)
+  assert cfg.model.num_classes == info.num_classes
+  model = build_model(cfg.model, with_context=cfg.stage != 'frontend')
+  fe = model.front_end
+  assert (model.context_module is None) == (cfg.stage == 'frontend')
+  assert all(t % fe.stride == 0 for t in cfg.eval.tile), cfg.eval.tile
+  if cfg.data.name != 'synthetic':
+    assert cfg.data.dir and tuple(cfg.eval.tile) == info.tile
+  crop = tuple(cfg.data.crop)
+  if crop == (0, 0):
+    crop = tuple(t + 2 * fe.margin for t in cfg.eval.tile)
+  assert all((c - 2 * fe.margin) % fe.stride == 0 for c in crop), crop
+  # Shapes only: eval_shape traces the full-size network without running it.
+  x = jax.ShapeDtypeStruct((1,) + crop + (3,), jnp.float32)
+  params = jax.eval_shape(model.init, jax.random.key(0), x)
+  scores = jax.eval_shape(model.apply, params, x)
+  assert scores.shape == (1,) + tuple((c - 2 * fe.margin) // fe.stride for c in crop) + (info.num_classes,)
+  tile = tuple(cfg.eval.tile)
+  tile_scores = jax.ShapeDtypeStruct((1,) + tuple(t // fe.stride for t in tile) + (info.num_classes,), jnp.float32)
+  probs = jax.eval_shape(lambda s: upsample_probabilities(s, cfg.model.upsample, fe.stride, tile), tile_scores)
+  assert probs.shape == (1,) + tile + (info.num_classes,)
+
+
+@pytest.mark.parametrize('name,arg', [(n, a) for n, a in CASES if a])
+def test_config_flags_loads_the_same_config_and_overrides_it(name, arg):
+  argv = ['prog', f'--config={path_of(name)}:{arg}', '--config.total_steps=7']
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, lock_config=True, sys_argv=argv)
+  fv(argv)
+  want = load(name, arg)
+  want.total_steps = 7
+  assert fv.config.to_dict() == want.to_dict()
+
+
+# paper.md 3: (config, arg) -> fields; dotted names reach into data/model.
+PAPER = [
+    ('voc_frontend', 'data=voc_sbd', {'stage': 'frontend', 'batch_size': 14, 'lr': 1e-3, 'momentum': 0.9,
+                                      'total_steps': 60_000, 'lr_steps': (), 'data.name': 'pascal_voc',
+                                      'data.variant': 'sbd'}),
+    ('voc_frontend', 'data=coco', {'batch_size': 14, 'lr': 1e-3, 'lr_steps': (100_000,), 'lr_gamma': 0.1,
+                                   'total_steps': 140_000, 'data.variant': 'coco'}),
+    ('voc_frontend', 'data=voc_finetune', {'batch_size': 14, 'lr': 1e-5, 'total_steps': 50_000}),
+    ('voc_context', 'variant=basic', {'stage': 'context', 'lr': 1e-3, 'model.context.padding': 'pad_once',
+                                      'model.context.channel_multipliers': (1,) * 7,
+                                      'model.context.init': 'identity', 'eval.split': 'val'}),
+    ('voc_context', 'variant=large', {'model.context.channel_multipliers': context.LARGE_MULTIPLIERS,
+                                      'model.context.dilations': context.BASIC, 'model.context.padding': 'pad_once'}),
+    ('camvid_dilation8', 'stage=frontend', {'batch_size': 8, 'data.crop': (628, 628), 'lr': 1e-4, 'momentum': 0.99,
+                                            'total_steps': 20_000, 'eval.split': 'test'}),
+    ('camvid_dilation8', 'stage=joint', {'stage': 'joint', 'batch_size': 1, 'data.crop': (852, 852), 'lr': 1e-5,
+                                         'momentum': 0.9, 'model.context.dilations': context.BASIC}),
+    ('kitti_dilation7', 'stage=frontend', {'batch_size': 8, 'data.crop': (628, 628), 'momentum': 0.99,
+                                           'total_steps': 10_000}),
+    ('kitti_dilation7', 'stage=joint', {'data.crop': (900, 900), 'momentum': 0.99, 'batch_size': 1, 'lr': 1e-5,
+                                        'total_steps': 20_000, 'model.context.dilations': context.DILATION7}),
+    ('cityscapes_dilation10', 'stage=frontend', {'batch_size': 8, 'data.crop': (628, 628), 'lr': 1e-4,
+                                                 'momentum': 0.99, 'total_steps': 40_000, 'eval.split': 'val'}),
+    ('cityscapes_dilation10', 'stage=context', {'stage': 'context', 'batch_size': 100, 'lr': 1e-4, 'momentum': 0.99,
+                                                'total_steps': 24_000}),
+    ('cityscapes_dilation10', 'stage=joint', {'data.crop': (1396, 1396), 'batch_size': 1, 'lr': 1e-5,
+                                              'momentum': 0.99, 'total_steps': 60_000, 'model.upsample': 'deconv',
+                                              'model.context.dilations': context.DILATION10}),
+]
+
+
+@pytest.mark.parametrize('name,arg,fields', PAPER)
+def test_paper_hyperparameters(name, arg, fields):
+  cfg = load(name, arg)
+  for key, want in fields.items():
+    got = cfg
+    for part in key.split('.'):
+      got = got[part]
+    assert (tuple(got) if isinstance(want, tuple) else got) == want, key
+
+
+@pytest.mark.parametrize('name,arg,named', [
+    ('synthetic', 'foo=1', 'foo'), ('synthetic', 'stage=bogus', 'bogus'),
+    ('voc_frontend', 'foo=1', 'foo'), ('voc_frontend', 'data=bogus', 'bogus'),
+    ('voc_context', 'variant=huge', 'huge'), ('voc_context', 'stage=joint', 'stage'),
+    ('camvid_dilation8', 'stage=context', 'context'), ('camvid_dilation8', 'stage', 'stage'),
+    ('kitti_dilation7', 'stage=bogus', 'bogus'), ('cityscapes_dilation10', 'stage=frontend,foo=1', 'foo'),
+])
+def test_unknown_config_argument_is_an_error_naming_it(name, arg, named):
+  with pytest.raises(ValueError, match=named):
+    load(name, arg)
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def train_cli(*args):
+  return subprocess.run([sys.executable, '-m', 'dilated_jax.train', *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+
+
+def test_paper_experiment_without_its_dataset_is_one_clear_line(tmp_path):
+  run = train_cli('--config=experiments/camvid_dilation8.py:stage=frontend', f'--workdir={tmp_path / "w"}',
+                  f'--config.data.dir={tmp_path / "nope"}')
+  last = run.stderr.strip().splitlines()[-1]
+  assert run.returncode == 2, run.stderr[-2000:]
+  assert last.startswith('error: ') and 'data.dir' in last, last
+  assert 'Traceback' not in run.stderr
+
+
+def test_config_typo_on_the_command_line_is_one_line_and_writes_nothing(tmp_path):
+  workdir = tmp_path / 'w'
+  run = train_cli('--config=experiments/camvid_dilation8.py:stage=frontend', '--config.totl_steps=5',
+                  f'--workdir={workdir}')
+  assert run.returncode == 2, run.stderr[-2000:]
+  assert 'Traceback' not in run.stderr
+  last = run.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and 'totl_steps' in last and 'total_steps' in last, last  # 'Did you mean ...'
+  assert not workdir.exists()

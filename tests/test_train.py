@@ -1,0 +1,119 @@
+"""Training end to end on a tiny built-in dataset: data parallelism, resumption, the stages, the entry points."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from dilated_jax import checkpoint, config
+from dilated_jax.train import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(stage='frontend', **fields):
+  """experiments/synthetic.py shrunk to 32 px scenes and a few channels, so that a run takes seconds."""
+  cfg = config.load(os.path.join(ROOT, f'experiments/synthetic.py:stage={stage}'))
+  cfg.data.synthetic.update(image_size=32, train_size=16, val_size=8, test_size=8, num_objects=1, disc_radius=3,
+                            frame_width=2, frame_distance=4)
+  cfg.model.front_end.update(block_channels=(4, 8), fc_channels=8, dropout_rate=0.5)
+  cfg.eval.update(tile=(32, 32), batch_size=8)
+  cfg.update(batch_size=8, total_steps=3, log_every=1, eval_every=0, checkpoint_every=2)
+  cfg.update(fields)
+  return cfg
+
+
+def assert_trees_equal(a, b, exact=True, **tol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    (np.testing.assert_array_equal if exact else np.testing.assert_allclose)(x, y, **tol)
+
+
+def test_one_device_and_eight_devices_give_the_same_parameters(tmp_path):
+  assert jax.device_count() == 8, 'tests/conftest.py asks for 8 simulated CPU devices'
+  cfg = tiny(total_steps=2)
+  train(cfg, str(tmp_path / 'one'), devices=jax.devices()[:1])
+  train(cfg, str(tmp_path / 'eight'))
+  one, eight = checkpoint.load_params(str(tmp_path / 'one')), checkpoint.load_params(str(tmp_path / 'eight'))
+  assert_trees_equal(one, eight, exact=False, rtol=1e-5, atol=1e-6)
+  start = jax.jit(lambda: None)  # noqa: F841 - the runs did train: the parameters moved from initialisation
+  assert not np.allclose(one['front_end']['final']['bias'], 0)
+
+
+def test_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+  cfg = tiny(total_steps=4)
+  train(cfg, str(tmp_path / 'straight'))
+  cfg_half = tiny(total_steps=2)
+  train(cfg_half, str(tmp_path / 'resumed'))
+  train(cfg, str(tmp_path / 'resumed'))  # the same command again, now to step 4: resumes from step 2
+  assert_trees_equal(checkpoint.load_params(str(tmp_path / 'straight')),
+                     checkpoint.load_params(str(tmp_path / 'resumed')))
+  steps = [json.loads(line)['step'] for line in open(tmp_path / 'resumed' / 'metrics.jsonl')
+           if json.loads(line)['kind'] == 'train']
+  assert steps == [1, 2, 3, 4]  # no step trained twice
+
+
+def test_stages_chain_and_the_context_stage_trains_only_the_context_module(tmp_path):
+  train(tiny('frontend'), str(tmp_path / 'frontend'))
+  result = train(tiny('context', init_from=str(tmp_path / 'frontend')), str(tmp_path / 'context'))
+  assert os.path.exists(tmp_path / 'context' / 'features' / 'train.npz')  # the cached front-end scores
+  front = checkpoint.load_params(str(tmp_path / 'frontend'))
+  ctx = checkpoint.load_params(str(tmp_path / 'context'))
+  assert_trees_equal(front['front_end'], ctx['front_end'])
+  assert set(ctx) == {'front_end', 'context_module'}
+  assert 0 <= result['miou'] <= 1 and len(result['iou']) == 5
+  joint = train(tiny('joint', init_from=str(tmp_path / 'context')), str(tmp_path / 'joint'))
+  params = checkpoint.load_params(str(tmp_path / 'joint'))
+  assert not np.array_equal(params['front_end']['conv1_1']['kernel'], ctx['front_end']['conv1_1']['kernel'])
+  assert 0 <= joint['miou'] <= 1
+
+
+def test_context_stage_without_init_from_is_refused(tmp_path):
+  with pytest.raises(ValueError, match='init_from'):
+    train(tiny('context'), str(tmp_path / 'c'))
+
+
+def test_batch_that_does_not_split_over_devices_is_refused(tmp_path):
+  with pytest.raises(ValueError, match='batch_size'):
+    train(tiny(batch_size=12), str(tmp_path / 'b'))
+
+
+def run_module(*args, cwd=ROOT):
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='')
+  return subprocess.run([sys.executable, '-m', *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_and_predict_entry_points(tmp_path):
+  cfg_flags = ['--config=experiments/synthetic.py:stage=frontend', '--config.data.synthetic.image_size=32',
+               '--config.data.synthetic.frame_width=2', '--config.data.synthetic.frame_distance=4',
+               '--config.model.front_end.block_channels=(4,8)', '--config.model.front_end.fc_channels=8',
+               '--config.eval.tile=(32,32)']
+  work = str(tmp_path / 'run')
+  r = run_module('dilated_jax.train', *cfg_flags, f'--workdir={work}', '--config.total_steps=2',
+                 '--config.data.synthetic.train_size=8', '--config.data.synthetic.val_size=4')
+  assert r.returncode == 0, r.stderr[-2000:]
+  r = run_module('dilated_jax.evaluate', *cfg_flags, f'--workdir={work}', '--split=test',
+                 '--config.data.synthetic.test_size=4')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert '| model | background | frame1 | frame2 | disc1 | disc2 | mIoU |' in r.stdout
+  result = json.load(open(os.path.join(work, 'eval', 'test_best.json')))
+  assert result['num_images'] == 4 and 0 <= result['miou'] <= 1
+  r = run_module('dilated_jax.data.synthetic', f'--output_dir={tmp_path}/scenes', '--count=1')
+  assert r.returncode == 0, r.stderr[-2000:]
+  scene = f'{tmp_path}/scenes/test_0000.png'
+  bad = tmp_path / 'broken.png'
+  bad.write_bytes(open(scene, 'rb').read()[:100])  # a truncated PNG
+  out = tmp_path / 'pred'
+  r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={out}', scene, str(bad))
+  assert r.returncode == 2 and 'Traceback' not in r.stderr
+  assert r.stderr.strip().splitlines()[-1].startswith(f'error: {bad}')
+  assert not out.exists()  # nothing written when one of the images is bad
+  r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={out}', '--save_probs', scene)
+  assert r.returncode == 0, r.stderr[-2000:]
+  from PIL import Image
+  assert Image.open(out / 'test_0000.png').size == (128, 128)  # the scene files are full-size (128 px)
+  probs = np.load(out / 'test_0000.npy')
+  assert probs.shape == (128, 128, 5) and np.allclose(probs.sum(-1), 1, atol=1e-5)
