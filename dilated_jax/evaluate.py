@@ -139,7 +139,7 @@ def main(argv):
   del argv
   cfg = FLAGS.config
   info = datasets.dataset_info(cfg.data)
-  source = datasets.get_source(cfg.data, FLAGS.split, cfg.seed)
+  source = datasets.get_source(cfg.data, FLAGS.split)
   params = checkpoint.load_params(FLAGS.workdir, FLAGS.checkpoint)
   mesh = sharding.make_mesh()
   predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context='context_module' in params)

@@ -6,6 +6,7 @@ Rerunning the same command in the same workdir resumes from the last checkpoint,
 The context stage trains on the front end's scores, computed once and cached in the workdir (as the paper did).
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -77,13 +78,17 @@ def image_examples(cfg, source, model, info):
   return make_example, crop
 
 
-def cached_scores(workdir, source, predictor: Predictor, front_end_params):
-  """The front end's score maps of every training image and their labels at stride s, written once to the workdir.
+def cached_scores(folder, source, predictor: Predictor, front_end_params, data_cfg):
+  """The front end's score maps of every training image and their labels at stride s, computed once.
 
   Scores come from the test-time tiling (as the authors' test.py --bin); the label of cell i is pixel s * i of the
-  image, IGNORE_LABEL beyond it.
+  image, IGNORE_LABEL beyond it. The file is named by a hash of the front end's parameters and the data settings,
+  so every context run from the same front end shares it and a changed front end never reads a stale one.
   """
-  path = os.path.join(workdir, 'features', 'train.npz')
+  digest = hashlib.sha256(data_cfg.to_json(sort_keys=True).encode() + repr(predictor.tile).encode())
+  for leaf in jax.tree.leaves(front_end_params):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  path = os.path.join(folder, 'features', f'train_{digest.hexdigest()[:16]}.npz')
   if os.path.exists(path):
     with np.load(path) as f:
       return f['scores'], f['labels']
@@ -105,8 +110,9 @@ def cached_scores(workdir, source, predictor: Predictor, front_end_params):
   scores, labels = np.stack(scores), np.stack(labels)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path + '.tmp.npz', scores=scores, labels=labels)
-    os.replace(path + '.tmp.npz', path)
+    tmp = f'{path}.{os.getpid()}.tmp.npz'  # context runs started together from one front end may race here
+    np.savez(tmp, scores=scores, labels=labels)
+    os.replace(tmp, path)
   return scores, labels
 
 
@@ -141,12 +147,13 @@ class Log:
       speed = float('nan')
     else:
       speed = (step - self.step0) * self.batch / (now - self.t0)
-    eta = (self.total - step) * self.batch / speed if speed == speed and speed > 0 else float('nan')
+    eta = (self.total - step) * self.batch / speed if speed > 0 else float('nan')
     scalars = dict(scalars, images_per_sec=speed)
     self.write(step, scalars, 'train')
-    eta_text = '?' if eta != eta else f'{int(eta // 60)}m{int(eta % 60):02d}s'
-    logging.info('step %d/%d  loss %.4f  acc %.3f  mIoU %.3f  %.1f img/s  ETA %s', step, self.total,
-                 scalars['loss'], scalars['accuracy'], scalars['miou'], speed, eta_text)
+    speed_text = '(compiling)' if np.isnan(speed) else f'{speed:.1f} img/s'
+    eta_text = '?' if np.isnan(eta) else f'{int(eta // 60)}m{int(eta % 60):02d}s'
+    logging.info('step %d/%d  loss %.4f  acc %.3f  mIoU %.3f  %s  ETA %s', step, self.total,
+                 scalars['loss'], scalars['accuracy'], scalars['miou'], speed_text, eta_text)
 
   def close(self):
     if self.main:
@@ -172,8 +179,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   model = build_model(cfg.model, with_context=stage != 'frontend')
   if stage != 'frontend' and model.context_module is None:
     raise ValueError(f'model.context.dilations: stage {stage} needs a context module, got none')
-  train_source = datasets.get_source(cfg.data, 'train', cfg.seed)
-  val_source = datasets.get_source(cfg.data, cfg.eval.split, cfg.seed)
+  train_source = datasets.get_source(cfg.data, 'train')
+  val_source = datasets.get_source(cfg.data, cfg.eval.split)
   predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=stage != 'frontend')
   make_example, crop = image_examples(cfg, train_source, model, info)
   if stage != 'frontend' and not cfg.init_from:
@@ -209,7 +216,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   # --- the stage's inputs and forward pass
   if stage == 'context':
     front_end = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=False)
-    scores, labels = cached_scores(workdir, train_source, front_end, {'front_end': state['params']['front_end']})
+    # Beside the front end that computed them, where the other context runs from it find them.
+    folder = cfg.init_from if os.access(cfg.init_from, os.W_OK) else workdir
+    scores, labels = cached_scores(folder, train_source, front_end, {'front_end': state['params']['front_end']},
+                                   cfg.data)
 
     def make_example(i, rng):  # noqa: F811 - the context stage reads cached scores: whole maps, random flip
       x, y = scores[i], labels[i]

@@ -59,7 +59,10 @@ def test_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
 def test_stages_chain_and_the_context_stage_trains_only_the_context_module(tmp_path):
   train(tiny('frontend'), str(tmp_path / 'frontend'))
   result = train(tiny('context', init_from=str(tmp_path / 'frontend')), str(tmp_path / 'context'))
-  assert os.path.exists(tmp_path / 'context' / 'features' / 'train.npz')  # the cached front-end scores
+  cached = list((tmp_path / 'frontend' / 'features').glob('train_*.npz'))  # beside the front end that made them
+  assert len(cached) == 1
+  train(tiny('context,context=flat', init_from=str(tmp_path / 'frontend')), str(tmp_path / 'flat'))
+  assert list((tmp_path / 'frontend' / 'features').glob('train_*.npz')) == cached  # shared by the next run
   front = checkpoint.load_params(str(tmp_path / 'frontend'))
   ctx = checkpoint.load_params(str(tmp_path / 'context'))
   assert_trees_equal(front['front_end'], ctx['front_end'])

@@ -22,7 +22,7 @@ def get_source(cfg: ml_collections.ConfigDict, split: str, seed: int = 0):
   info = dataset_info(cfg)
   if cfg.name == 'synthetic':
     from dilated_jax.data import synthetic
-    return synthetic.SyntheticScenes(cfg.synthetic, split, seed)
+    return synthetic.SyntheticScenes(cfg.synthetic, split)
   if not cfg.dir or not os.path.isdir(cfg.dir):
     raise FileNotFoundError(
         f'data.dir: {info.name} needs its prepared dataset, but {cfg.dir or "(unset)"!s} is not a folder; '

@@ -24,7 +24,9 @@ def default_config() -> ml_collections.ConfigDict:
   """The data.synthetic fields of a config."""
   return ml_collections.ConfigDict(dict(
       image_size=128, num_scenes=2, num_objects=4, disc_radius=7, frame_width=8, frame_distance=24, noise=25.0,
-      train_size=1000, val_size=100, test_size=100))
+      train_size=1000, val_size=100, test_size=100,
+      seed=0,  # the scenes' seed, apart from the run's seed: runs of several seeds see the same dataset
+  ))
 
 
 def info(cfg: ml_collections.ConfigDict) -> DatasetInfo:
@@ -41,10 +43,10 @@ def info(cfg: ml_collections.ConfigDict) -> DatasetInfo:
 class SyntheticScenes:
   """Split `split` of the dataset: `len()` images, `[i]` -> (RGB uint8 image (S, S, 3), label uint8 (S, S))."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, split: str, seed: int = 0):
+  def __init__(self, cfg: ml_collections.ConfigDict, split: str):
     if split not in SPLITS:
       raise ValueError(f'split: expected one of {tuple(SPLITS)}, got {split!r}')
-    self.cfg, self.split, self.seed = cfg, split, seed
+    self.cfg, self.split = cfg, split
     self.info = info(cfg)
     self.size = cfg[f'{split}_size']
 
@@ -55,7 +57,7 @@ class SyntheticScenes:
   def __getitem__(self, i: int):
     if not 0 <= i < self.size:
       raise IndexError(i)
-    return render(self.cfg, np.random.default_rng([self.seed, SPLITS[self.split], i]))
+    return render(self.cfg, np.random.default_rng([self.cfg.seed, SPLITS[self.split], i]))
 
 
 def render(cfg, rng: np.random.Generator):
@@ -94,7 +96,9 @@ def main(argv):
 
   f = flags.FLAGS
   os.makedirs(f.output_dir, exist_ok=True)
-  scenes = SyntheticScenes(default_config(), f.split, f.seed)
+  cfg = default_config()
+  cfg.seed = f.seed
+  scenes = SyntheticScenes(cfg, f.split)
   for i in range(min(f.count, len(scenes))):
     image, label = scenes[i]
     Image.fromarray(image).save(os.path.join(f.output_dir, f'{f.split}_{i:04d}.png'))
