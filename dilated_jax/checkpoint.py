@@ -39,10 +39,13 @@ def load_params(workdir: str, which: str = 'latest') -> dict:
     raise FileNotFoundError(f'{path}: no checkpoints here (expected the workdir of a training run)')
   with manager(workdir, read_only=True) as mngr:
     step = mngr.best_step() if which == 'best' else mngr.latest_step()
+    if step is None and which == 'best':  # nothing evaluated yet (converted weights, a run cut short): the latest
+      step = mngr.latest_step()
     if step is None:
       raise FileNotFoundError(f'{path}: no {which} checkpoint')
-    # Restore without a target: the saved tree as host numpy arrays, whatever the devices here.
+    # Onto one local device, whatever topology wrote it (a TPU pod's checkpoint on a laptop, 2 hosts on 1).
     meta = mngr.item_metadata(step)['state']
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
   return jax.device_get(state['params'])

@@ -31,6 +31,7 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
       stage='frontend',  # frontend | context (on the cached front-end scores) | joint
       init_from='',  # workdir of the previous stage (context, joint)
+      init_weights='',  # or a weights file: ImageNet VGG-16 (front end) or a released model (dilated_jax.weights)
       seed=0,
       batch_size=8,  # global: split over all devices of all hosts
       total_steps=1000,
@@ -47,16 +48,17 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
       model=model_config(preset),
       data=dict(
           name='synthetic',
-          dir='',  # root of a prepared paper dataset
+          dir='',  # where `python -m dilated_jax.data.prepare` wrote the paper datasets (its --data_dir)
           variant='',  # which training set of data.name, e.g. pascal_voc 'sbd' or 'coco'; '' = the dataset's own
           crop=(500, 500),  # training crop, margin included (paper.md 1.3); (0, 0): the whole image + margin
           flip=True,
+          scale_range=(1.0, 1.0),  # training images rescaled by U(lo, hi) before padding; (1, 1): off, as the paper
           synthetic=synthetic.default_config(),
       ),
       eval=dict(split='val', tile=(528, 528), batch_size=8),
   ))
   if preset is not None:
-    cfg.data.update(name=preset, dir=f'data/{preset}')
+    cfg.data.update(name=preset, dir='data')
     cfg.eval.tile = DATASETS[preset].tile
   return cfg
 

@@ -50,10 +50,19 @@ class Predictor:
     """(nh * nw, tile_h + 2 margin, tile_w + 2 margin, 3) network inputs of one image."""
     (th, tw), m = self.tile, self.margin
     x = pipeline.to_network_input(image_rgb, self.mean_bgr)
-    h, w = x.shape[:2]
-    x = np.pad(x, ((m, m + grid[0] * th - h), (m, m + grid[1] * tw - w), (0, 0)), mode='reflect')
-    return np.stack([x[i * th:i * th + th + 2 * m, j * tw:j * tw + tw + 2 * m]
-                     for i in range(grid[0]) for j in range(grid[1])])
+    # As the authors' predict.py / test.py: reflect by the margin, cut, and reflect a short tile about its own
+    # bottom and right edges. One np.pad to the grid's size would reflect about the image's edge instead: other
+    # pixels beyond the margin, which the last cells and (through the context module) the whole tile see.
+    x = np.pad(x, ((m, m), (m, m), (0, 0)), mode='reflect')
+    size = (th + 2 * m, tw + 2 * m)
+    tiles = []
+    for i in range(grid[0]):
+      for j in range(grid[1]):
+        t = x[i * th:i * th + size[0], j * tw:j * tw + size[1]]
+        if t.shape[0] < 2 or t.shape[1] < 2:  # past this image, in a batch's larger grid: cropped away
+          t = np.zeros(size + (3,), x.dtype)
+        tiles.append(np.pad(t, ((0, size[0] - t.shape[0]), (0, size[1] - t.shape[1]), (0, 0)), mode='reflect'))
+    return np.stack(tiles)
 
   @functools.lru_cache(maxsize=None)
   def _probabilities_fn(self, grid):

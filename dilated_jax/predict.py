@@ -1,9 +1,16 @@
-"""Segments image files with a trained workdir: a palette PNG per image, an overlay, optionally the probabilities.
+"""Segments image files: a palette PNG per image, an overlay, optionally the probabilities.
+
+The network comes from a training run, or from released weights for one of the paper's presets:
 
   python -m dilated_jax.predict --config=experiments/synthetic.py:stage=context --workdir=DIR --output_dir=OUT a.png
+  python -m dilated_jax.predict --preset=camvid --weights=dilation8_camvid.caffemodel --output_dir=OUT a.png
 
-Writes OUT/<stem>.png (class colours in the dataset's palette), OUT/<stem>_overlay.png (the colours over the image)
-and, with --save_probs, OUT/<stem>.npy: (H, W, C) float32 full-resolution probabilities (paper.md 1.6).
+--weights is a .caffemodel (the authors' dilation8_pascal_voc, dilation8_camvid, dilation7_kitti,
+dilation10_cityscapes) or a workdir written by this library (train, or dilated_jax.weights.convert); --preset
+gives the network, dataset mean, palette and test tile (paper.md 1.5, 1.6). Writes OUT/<stem>.png (class colours in
+the dataset's palette, as the authors' predict.py), OUT/<stem>_overlay.png (the colours over the image) and, with
+--save_probs, OUT/<stem>.npy: (H, W, C) float32 full-resolution probabilities: BGR minus the mean, reflection
+padding 186, the preset's tiles, softmax, x8 zoom (or Cityscapes' bilinear deconvolution).
 """
 
 import os
@@ -14,9 +21,11 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from dilated_jax import checkpoint, cli, sharding
+from dilated_jax import checkpoint, cli, sharding, weights
 from dilated_jax import data as datasets
+from dilated_jax.data.info import DATASETS
 from dilated_jax.evaluate import Predictor
+from dilated_jax.models import model_config
 
 
 def read_image(path: str) -> np.ndarray:
@@ -45,16 +54,38 @@ def write_png(path: str, array: np.ndarray):
 FLAGS = flags.FLAGS
 
 
+def network():
+  """(model config, dataset info, tile, params, with_context) from --config/--workdir or --preset/--weights."""
+  run = FLAGS.config is not None or FLAGS.workdir is not None
+  released = FLAGS.preset is not None or FLAGS.weights is not None
+  if run == released:
+    raise ValueError('expected either --config and --workdir (a training run) or --preset and --weights '
+                     '(released weights), ' + ('not both' if run else 'got neither'))
+  if run:
+    if FLAGS.config is None or FLAGS.workdir is None:
+      raise ValueError('--config and --workdir: a training run needs both')
+    if FLAGS['width'].present:
+      raise ValueError('--width: only with --preset (a config sets model.front_end.width)')
+    cfg = FLAGS.config
+    params = checkpoint.load_params(FLAGS.workdir, FLAGS.checkpoint)
+    return cfg.model, datasets.dataset_info(cfg.data), cfg.eval.tile, params, 'context_module' in params
+  if FLAGS.preset is None or FLAGS.weights is None:
+    raise ValueError('--preset and --weights: released weights need both')
+  model_cfg = model_config(FLAGS.preset)
+  model_cfg.front_end.width = FLAGS.width
+  info = DATASETS[FLAGS.preset]
+  params, with_context = weights.network_params(FLAGS.weights, model_cfg, info.mean_bgr, FLAGS.checkpoint)
+  return model_cfg, info, info.tile, params, with_context
+
+
 def main(argv):
   paths = argv[1:]
   if not paths:
     raise ValueError('no images given: expected image files after the flags')
   images = [read_image(p) for p in paths]  # every file is checked before anything is written
-  cfg = FLAGS.config
-  info = datasets.dataset_info(cfg.data)
-  params = checkpoint.load_params(FLAGS.workdir, FLAGS.checkpoint)
+  model_cfg, info, tile, params, with_context = network()
   mesh = sharding.make_mesh()
-  predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context='context_module' in params)
+  predictor = Predictor(model_cfg, info, tile, mesh, with_context=with_context)
   params = jax.device_put(params, sharding.replicated(mesh))
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   for path, image in zip(paths, images):
@@ -74,8 +105,11 @@ def main(argv):
 if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'experiment config file', lock_config=True)
   flags.DEFINE_string('workdir', None, 'workdir of a training run')
+  flags.DEFINE_enum('preset', None, sorted(DATASETS), 'with --weights: the paper network the weights are for')
+  flags.DEFINE_string('weights', None, 'with --preset: a .caffemodel, or a workdir of this library')
+  flags.DEFINE_float('width', 1.0, "with --preset: front_end.width of the weights' network (1: the paper's)")
   flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'which checkpoint of the workdir')
   flags.DEFINE_string('output_dir', None, 'where the PNGs go')
   flags.DEFINE_bool('save_probs', False, 'also write <stem>.npy: full-resolution class probabilities')
-  flags.mark_flags_as_required(['config', 'workdir', 'output_dir'])
+  flags.mark_flags_as_required(['output_dir'])
   cli.run(main)

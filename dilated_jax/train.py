@@ -20,7 +20,7 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from dilated_jax import checkpoint, cli, metrics, sharding
+from dilated_jax import checkpoint, cli, metrics, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax import receptive_field as rf
 from dilated_jax.data import pipeline
@@ -55,6 +55,36 @@ def optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
       optax.trace(decay=cfg.momentum))
 
 
+def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mesh):
+  """The jitted step (state, batch) -> (state, metrics): data-parallel over `mesh`, the state donated.
+
+  The context stage feeds cached front-end scores to the context module alone; the other stages feed images to the
+  whole model (with dropout). Only the subtrees named in `trainable` get gradients and updates.
+  """
+
+  def forward(p, x, dropout_rng):
+    if stage == 'context':
+      return model.context_module.apply({'params': p['context_module']}, x)
+    return model.apply({'params': p}, x, train=True, rngs={'dropout': dropout_rng})
+
+  def train_step(state, batch):
+    dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, 1), state['step'])
+
+    def loss_fn(t):
+      logits = forward({**state['params'], **t}, batch['image'], dropout_rng)
+      return loss_and_metrics(logits, batch['label'], num_classes)
+
+    t = {k: state['params'][k] for k in trainable}
+    grads, step_metrics = jax.grad(loss_fn, has_aux=True)(t)
+    updates, opt_state = tx.update(grads, state['opt_state'], t)
+    t = optax.apply_updates(t, updates)
+    return {'step': state['step'] + 1, 'params': {**state['params'], **t}, 'opt_state': opt_state}, step_metrics
+
+  repl = sharding.replicated(mesh)
+  return jax.jit(train_step, in_shardings=(repl, sharding.batch_sharded(mesh)), out_shardings=(repl, repl),
+                 donate_argnums=0)
+
+
 # ------------------------------------------------------------------ the stages' inputs
 
 
@@ -73,7 +103,8 @@ def image_examples(cfg, source, model, info):
   def make_example(i, rng):
     image, label = source[i]
     return pipeline.train_example(image, label, crop=crop, margin=fe.margin, stride=fe.stride, out_hw=out_hw,
-                                  mean_bgr=info.mean_bgr, rng=rng, flip=cfg.data.flip)
+                                  mean_bgr=info.mean_bgr, rng=rng, flip=cfg.data.flip,
+                                  scale_range=cfg.data.scale_range)
 
   return make_example, crop
 
@@ -141,6 +172,8 @@ class Log:
     self.jsonl.flush()
 
   def progress(self, step, scalars: dict):
+    if not self.main:
+      return
     now = time.time()
     if self.step0 is None:  # the first interval includes compilation: time from here on
       self.t0, self.step0 = now, step
@@ -183,8 +216,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   val_source = datasets.get_source(cfg.data, cfg.eval.split)
   predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=stage != 'frontend')
   make_example, crop = image_examples(cfg, train_source, model, info)
-  if stage != 'frontend' and not cfg.init_from:
+  if stage != 'frontend' and not cfg.init_from and not cfg.init_weights:
     raise ValueError(f'init_from: stage {stage} starts from the workdir of the previous stage; none given')
+  if cfg.init_from and cfg.init_weights:
+    raise ValueError('init_weights: give init_from (a workdir) or init_weights (a weights file), not both')
 
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -200,6 +235,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   if cfg.init_from and resume_step is None:  # the front end (context stage) or everything the workdir has
     loaded = checkpoint.load_params(cfg.init_from, 'latest')
     params = _merge(params, loaded, keys=('front_end',) if stage == 'context' else tuple(loaded), source=cfg.init_from)
+  if cfg.init_weights and resume_step is None:  # ImageNet VGG-16 (front end) or a released model (all it holds)
+    params, imported = weights.initialise(params, cfg.init_weights, cfg.model, info.mean_bgr,
+                                          need_final=stage != 'frontend')
+    logging.info('from %s: %s; %s', cfg.init_weights, ', '.join(imported.layers), '; '.join(imported.notes))
   trainable = ('context_module',) if stage == 'context' else tuple(params)
 
   tx = optimizer(cfg)
@@ -231,27 +270,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   else:
     num_examples = len(train_source)
 
-  def forward(p, x, dropout_rng):
-    if stage == 'context':
-      return model.context_module.apply({'params': p['context_module']}, x)
-    return model.apply({'params': p}, x, train=True, rngs={'dropout': dropout_rng})
-
-  # --- the step: data-parallel over the mesh, state donated
-  def train_step(state, batch):
-    dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, 1), state['step'])
-
-    def loss_fn(t):
-      logits = forward({**state['params'], **t}, batch['image'], dropout_rng)
-      return loss_and_metrics(logits, batch['label'], cfg.model.num_classes)
-
-    t = {k: state['params'][k] for k in trainable}
-    grads, step_metrics = jax.grad(loss_fn, has_aux=True)(t)
-    updates, opt_state = tx.update(grads, state['opt_state'], t)
-    t = optax.apply_updates(t, updates)
-    return {'step': state['step'] + 1, 'params': {**state['params'], **t}, 'opt_state': opt_state}, step_metrics
-
-  step_fn = jax.jit(train_step, in_shardings=(repl, sharding.batch_sharded(mesh)), out_shardings=(repl, repl),
-                    donate_argnums=0)
+  step_fn = make_train_step(model, stage, trainable, tx, cfg.model.num_classes, rng, mesh)
 
   stop = {'signal': None}
   previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
@@ -284,7 +303,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
       if evaluate_now:
         result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size)
         log.write(step, {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, cfg.eval.split)
-        logging.info('step %d: %s mIoU %.4f', step, cfg.eval.split, result['miou'])
+        if jax.process_index() == 0:
+          logging.info('step %d: %s mIoU %.4f', step, cfg.eval.split, result['miou'])
       if evaluate_now or step % cfg.checkpoint_every == 0 or stop['signal']:
         checkpoint.save(mngr, step, state, metrics={'miou': result['miou']} if evaluate_now else None,
                         force=True)
@@ -355,8 +375,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   if FLAGS.multihost:
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize()
+    # On TPU pods and SLURM or MPI clusters JAX finds the other processes; elsewhere give the three flags below.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU hosts only; ignored on GPU and TPU
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   train(FLAGS.config, FLAGS.workdir)
 
 
@@ -364,5 +385,8 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'experiment config file', lock_config=True)
   flags.DEFINE_string('workdir', None, 'where checkpoints, logs and results go; rerun to resume')
   flags.DEFINE_bool('multihost', False, 'call jax.distributed.initialize() (TPU pods, several GPU hosts)')
+  flags.DEFINE_string('coordinator_address', None, 'with --multihost: host:port of process 0, if not found alone')
+  flags.DEFINE_integer('num_processes', None, 'with --multihost: number of processes, if not found alone')
+  flags.DEFINE_integer('process_id', None, 'with --multihost: this process, if not found alone')
   flags.mark_flags_as_required(['config', 'workdir'])
   cli.run(main)

@@ -82,3 +82,41 @@ def test_processes_read_disjoint_shares_of_the_global_batch():
   parts = [next(pipeline.batches(make, 100, global_batch=8, seed=0, start_step=5, process_index=p,
                                  process_count=2))['i'] for p in range(2)]
   np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_label_alignment_with_the_paper_margin_when_padding_up_to_the_crop():
+  """An image smaller than the crop (here 13 x 21 px in a 420 px crop): reflection padding by 186, then up to the
+  crop; label cell i is still the pixel at 8 i of the unpadded crop, and the padding is void."""
+  h, w, margin, stride, n = 13, 21, 186, 8, 6
+  crop = (2 * margin + n * stride,) * 2
+  image, label = coded_pair(h, w)
+  labelled = 0
+  for seed in range(10):
+    ex = pipeline.train_example(image, label, crop=crop, margin=margin, stride=stride, out_hw=(n, n),
+                                mean_bgr=MEAN, rng=np.random.default_rng(seed))
+    for i in range(n):
+      for j in range(n):
+        if ex['label'][i, j] == IGNORE_LABEL:
+          continue
+        bgr = ex['image'][margin + stride * i, margin + stride * j] + np.asarray(MEAN)
+        assert ex['label'][i, j] == (int(round(bgr[2])) * w + int(round(bgr[1]))) % 250
+        labelled += 1
+  assert 0 < labelled < 10 * n * n  # some cells fall on the image, the others on the void padding
+
+
+def test_scale_augmentation_resizes_image_and_label_together_and_is_off_by_default():
+  image, label = coded_pair(20, 30)
+  kwargs = dict(crop=(40, 40), margin=4, stride=4, out_hw=(8, 8), mean_bgr=MEAN, flip=False)
+  off = pipeline.train_example(image, label, rng=np.random.default_rng(1), **kwargs)
+  same = pipeline.train_example(image, label, rng=np.random.default_rng(1), scale_range=(1.0, 1.0), **kwargs)
+  np.testing.assert_array_equal(off['image'], same['image'])
+  big_image, big_label = pipeline.rescale(image, label, 2.0)
+  assert big_image.shape == (40, 60, 3) and big_label.shape == (40, 60)
+  np.testing.assert_array_equal(big_label, np.kron(label, np.ones((2, 2), np.uint8)))
+  small_image, small_label = pipeline.rescale(image, label, 0.5)
+  assert small_image.shape == (10, 15, 3)
+  np.testing.assert_array_equal(small_label, label[1::2, 1::2])  # the pixel under each output centre
+  # a drawn scale is used: examples at scale 2 have the labels of the doubled image
+  ex = pipeline.train_example(image, label, rng=np.random.default_rng(1), scale_range=(2.0, 2.0), **kwargs)
+  values = set(np.unique(ex['label'])) - {IGNORE_LABEL}
+  assert values and values <= set(np.unique(big_label))

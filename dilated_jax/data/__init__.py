@@ -1,7 +1,5 @@
 """Datasets: each split is a sequence of (RGB uint8 image, uint8 label with IGNORE_LABEL = void) pairs."""
 
-import os
-
 import ml_collections
 
 from dilated_jax.data.info import DATASETS, IGNORE_LABEL, DatasetInfo
@@ -18,14 +16,37 @@ def dataset_info(cfg: ml_collections.ConfigDict) -> DatasetInfo:
 
 
 def get_source(cfg: ml_collections.ConfigDict, split: str, seed: int = 0):
-  """The split of the dataset named by cfg.name; the paper's datasets are read from cfg.dir."""
+  """Split `split` of cfg.name: `len()`, `[i]` -> (RGB uint8 (H, W, 3), uint8 label (H, W), 255 = void).
+
+  The paper's datasets are read from cfg.dir, where `python -m dilated_jax.data.prepare` wrote them.
+  """
   info = dataset_info(cfg)
   if cfg.name == 'synthetic':
     from dilated_jax.data import synthetic
     return synthetic.SyntheticScenes(cfg.synthetic, split)
-  if not cfg.dir or not os.path.isdir(cfg.dir):
-    raise FileNotFoundError(
-        f'data.dir: {info.name} needs its prepared dataset, but {cfg.dir or "(unset)"!s} is not a folder; '
-        f'the paper datasets cannot be downloaded here and their loaders are not in this release yet '
-        f'(see README.md, "Paper experiments")')
-  raise ValueError(f'data.name: the {info.name} loader is not in this release yet; only synthetic runs now')
+  from dilated_jax.data import builder  # here: tensorflow_datasets only for the paper's datasets
+
+  variants = VARIANTS.get(cfg.name, ('',))
+  if cfg.variant not in variants:
+    raise ValueError(f'data.variant: {info.name} has variants {variants}, got {cfg.variant!r}')
+  if not cfg.dir:
+    raise FileNotFoundError(f'data.dir: unset; {info.name} is read from the folder its preparation wrote (README.md, '
+                            f'"Datasets")')
+  source = builder.open_split(builder_class(cfg.name), cfg.dir, split)
+  if cfg.variant == 'coco' and split == 'train':  # VOC + SBD and the COCO images with VOC classes (paper.md 3.2)
+    source = builder.Concat([source, builder.open_split(builder_class('coco'), cfg.dir, 'train')])
+  return source
+
+
+# Prepared datasets: data.name (or 'coco') -> its module; variants: the training sets of data.variant.
+MODULES = {'pascal_voc': 'voc_sbd', 'coco': 'coco', 'camvid': 'camvid', 'kitti': 'kitti', 'cityscapes': 'cityscapes'}
+VARIANTS = {'pascal_voc': ('sbd', 'coco')}
+
+
+def builder_class(dataset: str):
+  """The tfds builder of a prepared dataset (a key of MODULES)."""
+  import importlib
+
+  if dataset not in MODULES:
+    raise ValueError(f'dataset: expected one of {sorted(MODULES)}, got {dataset!r}')
+  return importlib.import_module(f'dilated_jax.data.{MODULES[dataset]}').Builder

@@ -43,3 +43,13 @@ DATASETS = {
          (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)),
         (72.39, 82.91, 73.16), (1024, 1024)),
 }
+
+# Images per split in the releases the paper used (paper.md 3), shown by `python -m dilated_jax.data.check`.
+# VOC train: VOC 2012 train + SBD less val, the common "train_aug" count (the paper gives none); CamVid val: SegNet's
+# list (the paper says 100).
+SPLIT_SIZES = {
+    'pascal_voc': {'train': 10582, 'val': 1449},
+    'camvid': {'train': 367, 'val': 101, 'test': 233},
+    'kitti': {'train': 100, 'test': 46},
+    'cityscapes': {'train': 2975, 'val': 500, 'test': 1525},
+}

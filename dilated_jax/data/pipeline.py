@@ -10,6 +10,7 @@ import threading
 from typing import Callable, Iterator
 
 import numpy as np
+from PIL import Image
 
 from dilated_jax.data.info import IGNORE_LABEL
 
@@ -38,9 +39,29 @@ def label_slice(label: np.ndarray, margin: int, stride: int, out_hw: tuple[int, 
   return out
 
 
+def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resize to (width, height): each output pixel reads the input pixel under its centre."""
+  h, w = label.shape
+  rows = np.minimum(((np.arange(size[1]) + 0.5) * h / size[1]).astype(int), h - 1)
+  cols = np.minimum(((np.arange(size[0]) + 0.5) * w / size[0]).astype(int), w - 1)
+  return label[rows[:, None], cols[None, :]]
+
+
+def rescale(image_rgb: np.ndarray, label: np.ndarray, scale: float):
+  """Image and label scaled by `scale`: the image bicubic up and area-averaged down, the label nearest, as the
+  authors' data layer does (caffe-dilation `rand_scale`)."""
+  h, w = label.shape
+  size = (max(1, round(w * scale)), max(1, round(h * scale)))
+  image = Image.fromarray(image_rgb).resize(size, Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.BOX)
+  return np.asarray(image), resize_nearest(label, size)
+
+
 def train_example(image_rgb, label, *, crop, margin, stride, out_hw, mean_bgr, rng: np.random.Generator,
-                  flip: bool = True):
-  """One training pair: pad, uniform random crop, random horizontal flip, mean subtraction, label slice."""
+                  flip: bool = True, scale_range=(1.0, 1.0)):
+  """One training pair: optional random rescaling, pad, uniform random crop, random horizontal flip, mean
+  subtraction, label slice."""
+  if tuple(scale_range) != (1.0, 1.0):  # off: no draw, so that the crops and flips stay those of the paper's runs
+    image_rgb, label = rescale(image_rgb, label, rng.uniform(*scale_range))
   image, label = pad_to_crop(to_network_input(image_rgb, mean_bgr), label, margin, crop)
   y = int(rng.integers(image.shape[0] - crop[0] + 1))
   x = int(rng.integers(image.shape[1] - crop[1] + 1))
