@@ -77,10 +77,12 @@ def peak_memory_bytes() -> tuple[int, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process max RSS'
 
 
-def benchmark(preset: str, stage: str, batch: int, crop, dtype: str, devices, runs: int, warmup: int) -> dict:
+def benchmark(preset: str, stage: str, batch: int, crop, dtype: str, devices, runs: int, warmup: int,
+              width: float = 1.0) -> dict:
   """Every figure of the module docstring for one configuration."""
   cfg = config_lib.base(preset)
   cfg.model.dtype = dtype
+  cfg.model.front_end.width = width
   mesh = sharding.make_mesh(devices)
   model = build_model(cfg.model, with_context=stage != 'frontend')
   fe = model.front_end
@@ -136,7 +138,7 @@ def benchmark(preset: str, stage: str, batch: int, crop, dtype: str, devices, ru
   median = float(np.median(step_s))
   memory, memory_kind = peak_memory_bytes()
   return dict(
-      preset=preset, stage=stage, batch=batch, crop=list(crop), dtype=dtype, devices=mesh.size,
+      preset=preset, stage=stage, width=width, batch=batch, crop=list(crop), dtype=dtype, devices=mesh.size,
       backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind, jax=jax.__version__,
       machine=f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs',
       xla_flags=os.environ.get('XLA_FLAGS', ''),
@@ -150,7 +152,7 @@ def benchmark(preset: str, stage: str, batch: int, crop, dtype: str, devices, ru
 def report(r: dict) -> str:
   """The figures of one run as a short Markdown table."""
   rows = [
-      ('configuration', f"{r['preset']} {r['stage']}, batch {r['batch']}, crop {r['crop'][0]}x{r['crop'][1]}, "
+      ('configuration', f"{r['preset']} {r['stage']}{'' if r['width'] == 1 else ', width %g' % r['width']}, batch {r['batch']}, crop {r['crop'][0]}x{r['crop'][1]}, "
                         f"{r['dtype']}, {r['devices']} device(s), {r['backend']} ({r['device_kind']})"),
       ('compile', f"{r['compile_s']:.1f} s"),
       ('train step', f"{r['step_s_median']:.3f} s median (min {r['step_s_min']:.3f}, max {r['step_s_max']:.3f}, "
@@ -177,7 +179,8 @@ def main(argv):
     raise ValueError(f'--crop: expected H,W, got {FLAGS.crop!r}')
   devices = jax.devices()[:FLAGS.devices] if FLAGS.devices else None
   logging.info('benchmarking %s %s', FLAGS.preset, FLAGS.stage)
-  result = benchmark(FLAGS.preset, FLAGS.stage, FLAGS.batch, crop, FLAGS.dtype, devices, FLAGS.runs, FLAGS.warmup)
+  result = benchmark(FLAGS.preset, FLAGS.stage, FLAGS.batch, crop, FLAGS.dtype, devices, FLAGS.runs, FLAGS.warmup,
+                     FLAGS.width)
   print(report(result))
   if FLAGS.output:
     results = []
@@ -195,6 +198,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('batch', 2, 'global batch')
   flags.DEFINE_string('crop', '500,500', 'training crop H,W, margin included')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'compute dtype (parameters stay float32)')
+  flags.DEFINE_float('width', 1.0, "front_end.width (1: the paper's network)")
   flags.DEFINE_integer('devices', 0, 'devices to use (0: all)')
   flags.DEFINE_integer('runs', 5, 'timed steps')
   flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')

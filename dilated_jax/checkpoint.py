@@ -1,10 +1,25 @@
-"""Orbax checkpoints of a workdir: asynchronous saves, the last N kept plus the best by validation mIoU."""
+"""Orbax checkpoints of a workdir: asynchronous saves, the last N kept plus the best by validation mIoU.
 
+Reading goes step by step, newest first: a checkpoint that does not read back (truncated, half-written, garbage) is
+named in a warning and the one before it is used (docs/decisions.md, "Corrupt checkpoints").
+"""
+
+import contextlib
+import gc
+import json
 import os
+import sys
+import warnings
 
+from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+# Where resuming moves the checkpoints it found unreadable, beside checkpoints/: out of orbax's way (it would refuse
+# to save a step whose folder exists), kept for a person to look at.
+CORRUPT = 'corrupt_checkpoints'
 
 
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -27,25 +42,191 @@ def save(mngr: ocp.CheckpointManager, step: int, state, metrics: dict | None = N
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), metrics=metrics, force=force)
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
-  """The state saved at `step`, laid out (shapes, dtypes, shardings) as `abstract_state`."""
-  return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']
+def steps(workdir: str) -> list[int]:
+  """The steps of the finished checkpoints of `workdir`, ascending (orbax writes `N.orbax-checkpoint-tmp`, then
+  renames it to `N`)."""
+  path = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(path):
+    return []
+  return sorted(int(n) for n in os.listdir(path) if n.isdigit() and os.path.isdir(os.path.join(path, n)))
+
+
+class Mismatch(ValueError):
+  """A checkpoint that reads back but holds another model or stage than the config's: an error, never set aside."""
+
+
+def restore_latest(workdir: str, abstract_state):
+  """(state, step) of the newest checkpoint of `workdir` that reads back onto `abstract_state`; (None, None) if none.
+
+  Newer checkpoints that do not read back are named in a warning and moved to WORKDIR/corrupt_checkpoints/ (known
+  bad); older ones are not looked at. A checkpoint of another model raises Mismatch, and when none reads back at all
+  this raises ValueError: in both cases nothing is moved.
+  """
+  bad = _unreadable_metrics(workdir)  # orbax's manager reads every step's metrics: one broken file stops it
+  errors = []
+  for step in reversed(steps(workdir)):
+    if step in bad:
+      errors.append(f'{step}: its metrics do not read back')
+      continue
+    path = step_dir(workdir, step)
+    try:
+      state = _read(path, abstract_state, step)
+    except Mismatch:
+      raise
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise Exception, ValueError, KeyError, OSError...
+      logging.warning('checkpoint %s does not read back (%s): trying the one before', path, _one_line(e))
+      bad.append(step)
+      errors.append(f'{step}: {_one_line(e)}')
+      continue
+    _set_aside(workdir, bad)
+    return state, step
+  if bad:
+    raise ValueError(f'{os.path.join(os.path.abspath(workdir), "checkpoints")}: no checkpoint reads back '
+                     f'({"; ".join(errors)}); move them away to start afresh')
+  return None, None
 
 
 def load_params(workdir: str, which: str = 'latest') -> dict:
-  """The parameters of a finished or running workdir ('latest' or 'best' checkpoint), as host arrays."""
+  """The parameters of a finished or running workdir ('latest' or 'best' checkpoint), as host arrays.
+
+  A checkpoint that does not read back is named in a warning and the next newest is read instead.
+  """
   path = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(path):
     raise FileNotFoundError(f'{path}: no checkpoints here (expected the workdir of a training run)')
-  with manager(workdir, read_only=True) as mngr:
-    step = mngr.best_step() if which == 'best' else mngr.latest_step()
-    if step is None and which == 'best':  # nothing evaluated yet (converted weights, a run cut short): the latest
-      step = mngr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{path}: no {which} checkpoint')
-    # Onto one local device, whatever topology wrote it (a TPU pod's checkpoint on a laptop, 2 hosts on 1).
-    meta = mngr.item_metadata(step)['state']
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
-  return jax.device_get(state['params'])
+  order = steps(workdir)[::-1]
+  if not order:
+    raise FileNotFoundError(f'{path}: no {which} checkpoint')
+  if which == 'best':  # nothing evaluated yet (converted weights, a run cut short): the latest
+    scored = [(m['miou'], s) for s, m in _metrics(workdir).items() if isinstance(m, dict) and 'miou' in m]
+    if scored:
+      best = max(scored)[1]
+      order = [best] + [s for s in order if s != best]
+  errors = []
+  for step in order:
+    try:
+      return jax.device_get(_read(step_dir(workdir, step), None, step)['params'])
+    except Exception as e:  # noqa: BLE001 - see restore_latest
+      logging.warning('checkpoint %s does not read back (%s): trying the one before', step_dir(workdir, step),
+                      _one_line(e))
+      errors.append(f'{step}: {_one_line(e)}')
+  raise ValueError(f'{path}: no checkpoint reads back ({"; ".join(errors)})')
+
+
+def step_dir(workdir: str, step: int) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints', str(step))
+
+
+# ------------------------------------------------------------------ reading one step
+
+
+def _read(path: str, abstract_state, step: int):
+  """The state saved in the step folder `path`, laid out as `abstract_state` (None: everything onto one local
+  device, whatever topology wrote it). Raises Mismatch when it holds other arrays than `abstract_state`."""
+  handler = ocp.CompositeCheckpointHandler(state=ocp.StandardCheckpointHandler(),
+                                           metrics=ocp.JsonCheckpointHandler(filename='metrics'))
+  with _quiet_unraisable(), ocp.Checkpointer(handler) as ckpt:
+    meta = (ckpt.metadata(path).item_metadata or {}).get('state')
+    if not meta or not {'step', 'params'} <= set(meta):  # orbax only warns when the metadata does not read back
+      raise ValueError('its metadata does not read back')
+    if abstract_state is None:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract_state = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+    else:
+      _check_layout(path, meta, abstract_state)
+    state = ckpt.restore(path, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']
+  saved = int(np.asarray(state['step'].addressable_data(0)))
+  if saved != step:
+    raise ValueError(f'holds step {saved}')
+  return state
+
+
+@contextlib.contextmanager
+def _quiet_unraisable():
+  """Silences what orbax's reading coroutines leave behind when an array does not read back: exceptions nobody
+  awaited, each printed with a page of TensorStore spec. The error that matters is raised, and named once."""
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    with warnings.catch_warnings():  # and the coroutines it never awaited
+      warnings.simplefilter('ignore', RuntimeWarning)
+      gc.collect()
+    sys.unraisablehook = hook
+
+
+def _check_layout(path, meta, abstract_state):
+  """Mismatch naming the first array of `abstract_state` that the checkpoint lacks or holds in another shape."""
+  want, got = _shapes(abstract_state), _shapes(meta)
+  for name, shape in sorted(want.items(), key=lambda item: not item[0].startswith('params/')):  # params first
+    if name not in got:
+      raise Mismatch(f'{path} has no {name}: it was written by another model or stage (resume it with its own '
+                     f'config, or give another --workdir)')
+    if got[name] != shape:
+      raise Mismatch(f'{path} holds {name} of shape {got[name]}, this config\'s model wants {shape} (resume it with '
+                     f'its own config, or give another --workdir)')
+  extra = sorted(set(got) - set(want))
+  if extra:
+    raise Mismatch(f'{path} holds {extra[0]}, which this config\'s model lacks (resume it with its own config, or '
+                   f'give another --workdir)')
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """'params/front_end/fc6/kernel' -> shape, the same for dicts, lists and optax's named tuples."""
+  def name(entry):
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _metrics(workdir) -> dict:
+  """step -> its saved metrics ({'miou': ...}), None without any, 'unreadable' when the file does not parse."""
+  out = {}
+  for step in steps(workdir):
+    path = os.path.join(step_dir(workdir, step), 'metrics', 'metrics')
+    out[step] = None
+    if os.path.exists(path):
+      try:
+        with open(path) as f:
+          out[step] = json.load(f)
+      except (OSError, ValueError):
+        out[step] = 'unreadable'
+  return out
+
+
+def _unreadable_metrics(workdir) -> list[int]:
+  bad = [s for s, m in _metrics(workdir).items() if m == 'unreadable']
+  for step in bad:
+    logging.warning('checkpoint %s: its metrics file does not read back', step_dir(workdir, step))
+  return bad
+
+
+def _set_aside(workdir: str, bad: list[int]):
+  """Moves the step folders `bad` to WORKDIR/corrupt_checkpoints/ (process 0; every process waits for it)."""
+  if not bad:
+    return
+  if jax.process_index() == 0:
+    folder = os.path.join(os.path.abspath(workdir), CORRUPT)
+    os.makedirs(folder, exist_ok=True)
+    for step in bad:
+      target, n = os.path.join(folder, str(step)), 1
+      while os.path.exists(target):
+        target, n = os.path.join(folder, f'{step}.{n}'), n + 1
+      os.replace(step_dir(workdir, step), target)
+      logging.warning('moved the unreadable checkpoint %s to %s', step_dir(workdir, step), target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('dilated_jax: corrupt checkpoints set aside')
+
+
+def _one_line(e: BaseException) -> str:
+  """The innermost cause of `e` (tensorstore's, which names the array and the byte range) on one short line."""
+  while e.__cause__ is not None or e.__context__ is not None:
+    e = e.__cause__ or e.__context__
+  text = ' '.join(str(e).split()) or type(e).__name__
+  return text if len(text) <= 300 else text[:300] + '...'

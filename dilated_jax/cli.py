@@ -4,6 +4,7 @@ import functools
 import importlib.metadata
 import os
 import sys
+import zipfile
 
 from absl import logging
 
@@ -28,7 +29,9 @@ def configure_xla():
 
 
 # Errors that mean bad input or settings: shown as one line, exit code 2. Anything else is a bug: full traceback.
-USER_ERRORS = (ValueError, OSError, KeyError)  # OSError: missing, unreadable or unwritable files
+# OSError: missing, unreadable or unwritable files; BadZipFile: a broken .pth or .npz; FloatingPointError: training
+# stopped at a non-finite step.
+USER_ERRORS = (ValueError, OSError, KeyError, zipfile.BadZipFile, FloatingPointError)
 
 
 def quiet_libraries():
@@ -84,7 +87,7 @@ def entry_point(main):
         raise
       message = e.args[0] if isinstance(e, KeyError) and e.args else e
       logging.flush()
-      print(f'error: {message}', file=sys.stderr)
+      print('error: ' + ' '.join(str(message).split()), file=sys.stderr)  # one line, whatever a library raised
       sys.exit(2)
 
   return wrapped

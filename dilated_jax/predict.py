@@ -28,15 +28,27 @@ from dilated_jax.evaluate import Predictor
 from dilated_jax.models import model_config
 
 
+# 8-bit grey, palette, colour (alpha dropped) and CMYK images become RGB; others (grey with alpha, 16-bit, float)
+# would be mangled by that conversion. As data/builder.py's IMAGE_MODES, not imported from there: that module loads
+# tensorflow_datasets.
+IMAGE_MODES = ('1', 'L', 'P', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr')
+
+
 def read_image(path: str) -> np.ndarray:
-  """RGB uint8 (H, W, 3); an unreadable or non-image file raises ValueError naming it."""
+  """RGB uint8 (H, W, 3); an unreadable, truncated or non-image file, or one of other channels, raises ValueError
+  naming it."""
   try:
     with Image.open(path) as im:
-      return np.asarray(im.convert('RGB'))
+      mode, channels = im.mode, len(im.getbands())
+      rgb = np.asarray(im.convert('RGB')) if mode in IMAGE_MODES else None
   except FileNotFoundError:
     raise FileNotFoundError(f'{path}: no such image file') from None
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # SyntaxError: some broken headers
     raise ValueError(f'{path}: not a readable image ({e})') from None
+  if rgb is None:
+    raise ValueError(f'{path}: expected an 8-bit grey, palette, RGB, RGBA or CMYK image, got {channels} channels of '
+                     f'mode {mode}')
+  return rgb
 
 
 def colourise(labels: np.ndarray, palette) -> np.ndarray:

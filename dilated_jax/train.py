@@ -78,14 +78,48 @@ def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mes
     grads, step_metrics = jax.grad(loss_fn, has_aux=True)(t)
     updates, opt_state = tx.update(grads, state['opt_state'], t)
     t = optax.apply_updates(t, updates)
-    return {'step': state['step'] + 1, 'params': {**state['params'], **t}, 'opt_state': opt_state}, step_metrics
+    new = {'step': state['step'] + 1, 'params': {**state['params'], **t}, 'opt_state': opt_state}
+    # A non-finite loss, gradient or update leaves the state as it was, so that nothing bad can reach a checkpoint;
+    # the host reads the flag with the metrics it fetches anyway and stops there (docs/decisions.md).
+    finite = jnp.isfinite(step_metrics['loss']) & _all_finite(grads) & _all_finite(t)
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    return new, {**step_metrics, 'finite': finite}
 
   repl = sharding.replicated(mesh)
   return jax.jit(train_step, in_shardings=(repl, sharding.batch_sharded(mesh)), out_shardings=(repl, repl),
                  donate_argnums=0)
 
 
+def _all_finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 # ------------------------------------------------------------------ the stages' inputs
+
+
+def read_record(source, i: int, num_classes: int):
+  """(image, label) of record i of `source`, after checking that the label fits its image and holds only classes
+  and IGNORE_LABEL: what a prepared dataset does not promise (`python -m dilated_jax.data.check` lists them all)."""
+  image, label = source[i]
+  if label.shape != image.shape[:2]:
+    raise ValueError(f'{_record_name(source, i)}: the label is {"x".join(map(str, label.shape[::-1]))} px but its '
+                     f'image is {image.shape[1]}x{image.shape[0]} px')
+  if label.size and int(label.max()) >= num_classes:
+    values = np.unique(label[label >= num_classes])
+    values = values[values != IGNORE_LABEL]
+    if values.size:
+      raise ValueError(f'{_record_name(source, i)}: label values {", ".join(map(str, values[:10]))} are outside '
+                       f'the {num_classes} classes and not {IGNORE_LABEL} (void); `python -m dilated_jax.data.check` '
+                       f'lists every such image')
+  return image, label
+
+
+def _record_name(source, i: int) -> str:
+  name = f'{getattr(source, "name", type(source).__name__)} record {i}'
+  try:  # prepared datasets know the image's name
+    return f'{name} ({source.inspect(i)[0]})'
+  except Exception:  # noqa: BLE001 - only for the message
+    return name
 
 
 def image_examples(cfg, source, model, info):
@@ -93,15 +127,21 @@ def image_examples(cfg, source, model, info):
   fe = model.front_end
   crop = tuple(cfg.data.crop)
   if crop == (0, 0):  # the whole image: all images must share one size
-    h, w = source[0][0].shape[:2]
+    h, w = read_record(source, 0, info.num_classes)[0].shape[:2]
     crop = (h + 2 * fe.margin, w + 2 * fe.margin)
-  out_hw = tuple(rf.output_size(c, fe.layers(), fe.padding) for c in crop)
+  try:
+    out_hw = tuple(rf.output_size(c, fe.layers(), fe.padding) for c in crop)
+  except ValueError:
+    field = rf.receptive_field(fe.layers())[0]
+    raise ValueError(f'data.crop: {crop} is smaller than the receptive field of the front end\'s unpadded layers '
+                     f'({field} px, model.front_end): nothing is left of it (e.g. {2 * fe.margin + 16 * fe.stride} '
+                     f'would do)') from None
   if fe.padding.upper() == 'VALID' and any((c - 2 * fe.margin) % fe.stride for c in crop):
     raise ValueError(f'data.crop: {crop} cannot be taken by this front end: expected crop - {2 * fe.margin} '
                      f'to be a multiple of {fe.stride} (e.g. {2 * fe.margin + 16 * fe.stride})')
 
   def make_example(i, rng):
-    image, label = source[i]
+    image, label = read_record(source, i, info.num_classes)
     return pipeline.train_example(image, label, crop=crop, margin=fe.margin, stride=fe.stride, out_hw=out_hw,
                                   mean_bgr=info.mean_bgr, rng=rng, flip=cfg.data.flip,
                                   scale_range=cfg.data.scale_range)
@@ -128,7 +168,7 @@ def cached_scores(folder, source, predictor: Predictor, front_end_params, data_c
   scores, labels = [], []
   apply = jax.jit(lambda p, x: predictor.model.apply({'params': p}, x))
   for i in range(len(source)):
-    image, label = source[i]
+    image, label = read_record(source, i, predictor.model.front_end.num_classes)
     grid = predictor.grid(image.shape[:2])
     tiles = apply(front_end_params, predictor.tiles(image, grid))
     nh, nw = grid
@@ -153,14 +193,16 @@ def cached_scores(folder, source, predictor: Predictor, front_end_params, data_c
 class Log:
   """Progress lines, a JSON-lines file and TensorBoard events, written by process 0 only."""
 
-  def __init__(self, workdir, total_steps, batch_size):
+  def __init__(self, workdir, total_steps, batch_size, start_step: int):
     self.total, self.batch = total_steps, batch_size
     self.main = jax.process_index() == 0
     self.tb = None
     if self.main:
       from tensorboardX import SummaryWriter  # no TensorFlow needed
       self.tb = SummaryWriter(os.path.join(workdir, 'tb'))
-      self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      _keep_lines_up_to(path, start_step)
+      self.jsonl = open(path, 'a')
     self.t0, self.step0 = time.time(), None
 
   def write(self, step, scalars: dict, kind: str):
@@ -194,6 +236,24 @@ class Log:
       self.jsonl.close()
 
 
+def _keep_lines_up_to(path, step):
+  """Drops the lines of metrics.jsonl past `step`: a run killed after its last checkpoint logged steps that the
+  resumed run computes and logs again (and maybe half a line)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)['step'] <= step:
+          kept.append(line if line.endswith('\n') else line + '\n')
+      except (ValueError, KeyError, TypeError):
+        pass
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(kept)
+  os.replace(path + '.tmp', path)
+
+
 # ------------------------------------------------------------------ training
 
 
@@ -222,35 +282,34 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
     raise ValueError('init_weights: give init_from (a workdir) or init_weights (a weights file), not both')
 
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  if not os.access(workdir, os.W_OK):
-    raise PermissionError(f'workdir: {workdir} is not writable')
+  _check_writable(workdir)
   _write_config(cfg, workdir)
 
-  # --- parameters: fresh, from the previous stage, or (resuming) from this workdir's last checkpoint
-  mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
-  resume_step = mngr.latest_step()
+  # --- parameters: (resuming) this workdir's newest readable checkpoint, or fresh, or from the previous stage
   rng = jax.random.key(cfg.seed)
-  params = jax.device_get(jax.jit(model.init)(rng, jnp.zeros((1,) + crop + (3,)))['params'])
-  if cfg.init_from and resume_step is None:  # the front end (context stage) or everything the workdir has
-    loaded = checkpoint.load_params(cfg.init_from, 'latest')
-    params = _merge(params, loaded, keys=('front_end',) if stage == 'context' else tuple(loaded), source=cfg.init_from)
-  if cfg.init_weights and resume_step is None:  # ImageNet VGG-16 (front end) or a released model (all it holds)
-    params, imported = weights.initialise(params, cfg.init_weights, cfg.model, info.mean_bgr,
-                                          need_final=stage != 'frontend')
-    logging.info('from %s: %s; %s', cfg.init_weights, ', '.join(imported.layers), '; '.join(imported.notes))
-  trainable = ('context_module',) if stage == 'context' else tuple(params)
-
+  sample = jnp.zeros((1,) + crop + (3,))
+  shapes = jax.eval_shape(model.init, rng, sample)['params']  # no compilation, no initialisation: may resume
+  trainable = ('context_module',) if stage == 'context' else tuple(shapes)
   tx = optimizer(cfg)
-  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
-           'opt_state': tx.init({k: params[k] for k in trainable})}
   repl = sharding.replicated(mesh)
-  state = jax.device_put(state, repl)
-  if resume_step is not None:
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    state = checkpoint.restore(mngr, resume_step, abstract)
-    logging.info('resumed from %s at step %d', mngr.directory, resume_step)
-  start = int(jax.device_get(state['step']))
+  abstract = jax.eval_shape(lambda p: _initial_state(p, tx, trainable), shapes)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
+  state, resume_step = checkpoint.restore_latest(workdir, abstract)
+  if state is None:
+    params = jax.device_get(jax.jit(model.init)(rng, sample)['params'])
+    if cfg.init_from:  # the front end (context stage) or everything the workdir has
+      loaded = checkpoint.load_params(cfg.init_from, 'latest')
+      params = _merge(params, loaded, keys=('front_end',) if stage == 'context' else tuple(loaded),
+                      source=cfg.init_from)
+    if cfg.init_weights:  # ImageNet VGG-16 (front end) or a released model (all it holds)
+      params, imported = weights.initialise(params, cfg.init_weights, cfg.model, info.mean_bgr,
+                                            need_final=stage != 'frontend')
+      logging.info('from %s: %s; %s', cfg.init_weights, ', '.join(imported.layers), '; '.join(imported.notes))
+    state = jax.device_put(_initial_state(params, tx, trainable), repl)
+  else:
+    logging.info('resumed from %s', checkpoint.step_dir(workdir, resume_step))
+  start = resume_step or 0
+  mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
 
   # --- the stage's inputs and forward pass
   if stage == 'context':
@@ -272,51 +331,77 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
 
   step_fn = make_train_step(model, stage, trainable, tx, cfg.model.num_classes, rng, mesh)
 
+  # --- preemption: SIGTERM sets a flag that the loop reads after each step. Several processes must agree on the
+  # step to stop at: JAX's preemption service (which watches SIGTERM itself) gives it to all of them.
   stop = {'signal': None}
-  previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  several = jax.process_count() > 1
+  if several:
+    from jax.experimental import multihost_utils
+    preempted = multihost_utils.reached_preemption_sync_point
+  else:
+    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+    preempted = lambda step: stop['signal'] is not None  # noqa: E731
 
   # --- loop
-  log = Log(workdir, cfg.total_steps, cfg.batch_size)
-  inputs = pipeline.batches(make_example, num_examples, global_batch=cfg.batch_size, seed=cfg.seed,
-                            start_step=start, process_index=jax.process_index(),
-                            process_count=jax.process_count())
-  acc = None
-  result = None
+  log = Log(workdir, cfg.total_steps, cfg.batch_size, start)
+  read = _logging_first_batch(make_example, cfg.batch_size // jax.process_count())
+  inputs = pipeline.batches(read, num_examples, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
+                            process_index=jax.process_index(), process_count=jax.process_count())
+  acc, finite, result, stop_now = None, [], None, False
   logging.info('stage %s: steps %d..%d, global batch %d on %d devices (%d processes)', stage, start,
                cfg.total_steps, cfg.batch_size, mesh.size, jax.process_count())
+
+  def check_finite():
+    """Raises at the first step since the last check whose loss, gradient or update was not finite."""
+    flags = jax.device_get(finite)
+    finite.clear()
+    for s, ok, loss in flags:
+      if not ok:
+        records = pipeline.example_indices(s - 1, cfg.batch_size, num_examples, cfg.seed)
+        last = checkpoint.steps(workdir)
+        raise FloatingPointError(
+            f'step {s}: non-finite loss ({float(loss)}), gradient or update, not applied; its batch holds the '
+            f'training records {records.tolist()}; training stopped there, '
+            + (f'the last checkpoint, {checkpoint.step_dir(workdir, last[-1])}, is intact' if last
+               else 'no checkpoint written'))
+
   try:
     for step in range(start + 1, cfg.total_steps + 1):
       batch = sharding.global_batch(mesh, next(inputs))
       state, m = step_fn(state, batch)
-      # Metrics stay on device between log lines: no host synchronisation in the steady state.
+      # Metrics and the finite flags stay on device until a log line, an evaluation or a checkpoint reads the
+      # device anyway: no extra host synchronisation.
+      finite.append((step, m.pop('finite'), m['loss']))
       acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
+      stop_now = preempted(step)
+      evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.total_steps
+      save_now = evaluate_now or step % cfg.checkpoint_every == 0 or stop_now
+      if step % cfg.log_every == 0 or evaluate_now or save_now:
+        check_finite()
       if step % cfg.log_every == 0 or step == cfg.total_steps:
         acc = jax.device_get(acc)
         n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-        loss = float(acc['loss']) / n
-        if not np.isfinite(loss):
-          raise FloatingPointError(f'step {step}: non-finite loss {loss}; the last good checkpoint is kept')
-        log.progress(step, {'loss': loss, 'accuracy': float(acc['accuracy']) / n,
+        log.progress(step, {'loss': float(acc['loss']) / n, 'accuracy': float(acc['accuracy']) / n,
                             'miou': metrics.scores(acc['confusion'])['miou']})
         acc = None
-      evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.total_steps
       if evaluate_now:
         result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size)
         log.write(step, {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, cfg.eval.split)
         if jax.process_index() == 0:
           logging.info('step %d: %s mIoU %.4f', step, cfg.eval.split, result['miou'])
-      if evaluate_now or step % cfg.checkpoint_every == 0 or stop['signal']:
+      if save_now:
         checkpoint.save(mngr, step, state, metrics={'miou': result['miou']} if evaluate_now else None,
                         force=True)
-      if stop['signal']:
-        logging.warning('SIGTERM: checkpoint at step %d written, exiting', step)
+      if stop_now:
+        logging.warning('preempted (SIGTERM): checkpoint at step %d written, exiting', step)
         break
   finally:
     mngr.wait_until_finished()
     mngr.close()
     log.close()
-    signal.signal(signal.SIGTERM, previous_handler)
-  if stop['signal']:
+    if not several:
+      signal.signal(signal.SIGTERM, previous_handler)
+  if stop_now:
     raise SystemExit(128 + signal.SIGTERM)
   if result is None:  # resumed after the last step: evaluate the final parameters again
     result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size)
@@ -325,6 +410,38 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
     _write_json(os.path.join(workdir, 'eval', f'{cfg.eval.split}_final.json'), result)
     print(report(result, info, f'{stage} {cfg.eval.split}'))
   return result
+
+
+def _initial_state(params, tx, trainable):
+  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init({k: params[k] for k in trainable})}
+
+
+def _logging_first_batch(make_example, per_process: int):
+  """make_example, logging the training records that this process reads for its first batch: each process reads
+  only its rows of every global batch."""
+  seen = []
+
+  def read(i, rng):
+    if len(seen) < per_process:
+      seen.append(int(i))
+      if len(seen) == per_process:
+        logging.info('process %d/%d: its rows of the first batch are the training records %s', jax.process_index(),
+                     jax.process_count(), seen)
+    return make_example(i, rng)
+
+  return read
+
+
+def _check_writable(workdir):
+  """OSError naming the workdir when it cannot be made or written: before anything else is written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f'workdir: {workdir} is not a writable folder ({e.strerror or e})') from None
 
 
 def _merge(params, loaded, keys, source):
@@ -365,8 +482,9 @@ def _write_config(cfg, workdir):
       if f.read() != text:
         logging.warning('%s differs from this run\'s config; keeping the first, resuming its checkpoints', path)
     return
-  with open(path, 'w') as f:
+  with open(path + '.tmp', 'w') as f:  # a run killed here leaves no half-written config to be "kept"
     f.write(text)
+  os.replace(path + '.tmp', path)
 
 
 FLAGS = flags.FLAGS

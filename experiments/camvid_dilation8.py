@@ -1,13 +1,14 @@
 r"""CamVid, Dilation8: front end, then front end + Basic context trained jointly (paper.md 3.4, Table 5).
 
   python -m dilated_jax.train --config=experiments/camvid_dilation8.py:stage=frontend \
-      --config.data.dir=data/camvid --workdir=runs/camvid/frontend
+      --config.init_weights=vgg_conv.caffemodel --workdir=runs/camvid/frontend
   python -m dilated_jax.train --config=experiments/camvid_dilation8.py:stage=joint \
-      --config.data.dir=data/camvid --config.init_from=runs/camvid/frontend --workdir=runs/camvid/joint
+      --config.init_from=runs/camvid/frontend --workdir=runs/camvid/joint
 
 No separate context stage (367 training images): the joint stage starts from the front end with an
 identity-initialised context module. Expected: Table 5 65.3 mIoU on the CamVid test set (233 images, 640x480).
-The dataset must be prepared in data.dir (SegNet's release; loaders arrive with a later issue).
+Prepare the dataset once first:
+`python -m dilated_jax.data.prepare --dataset=camvid --manual_dir=...` (README.md, "Datasets").
 """
 
 from dilated_jax import config as base_config

@@ -1,14 +1,15 @@
 r"""Cityscapes, Dilation10: front end, context module on cached scores, then both jointly (paper.md 3.4, Table 7).
 
   python -m dilated_jax.train --config=experiments/cityscapes_dilation10.py:stage=frontend \
-      --config.data.dir=data/cityscapes --workdir=runs/cityscapes/frontend
+      --config.init_weights=vgg_conv.caffemodel --workdir=runs/cityscapes/frontend
   python -m dilated_jax.train --config=experiments/cityscapes_dilation10.py:stage=context \
-      --config.data.dir=data/cityscapes --config.init_from=runs/cityscapes/frontend --workdir=runs/cityscapes/context
+      --config.init_from=runs/cityscapes/frontend --workdir=runs/cityscapes/context
   python -m dilated_jax.train --config=experiments/cityscapes_dilation10.py:stage=joint \
-      --config.data.dir=data/cityscapes --config.init_from=runs/cityscapes/context --workdir=runs/cityscapes/joint
+      --config.init_from=runs/cityscapes/context --workdir=runs/cityscapes/joint
 
 Expected: Table 7 68.7 mIoU on the 500 val images (67.1 test, evaluation server); only the training set is used
-for training. The dataset must be prepared in data.dir (leftImg8bit/ + gtFine/; loaders arrive with a later issue).
+for training. Prepare the dataset once first:
+`python -m dilated_jax.data.prepare --dataset=cityscapes --manual_dir=...` (README.md, "Datasets").
 """
 
 from dilated_jax import config as base_config

@@ -1,13 +1,14 @@
 r"""KITTI (Ros et al. split), Dilation7: front end, then front end + context trained jointly (paper.md 3.4, Table 6).
 
   python -m dilated_jax.train --config=experiments/kitti_dilation7.py:stage=frontend \
-      --config.data.dir=data/kitti --workdir=runs/kitti/frontend
+      --config.init_weights=vgg_conv.caffemodel --workdir=runs/kitti/frontend
   python -m dilated_jax.train --config=experiments/kitti_dilation7.py:stage=joint \
-      --config.data.dir=data/kitti --config.init_from=runs/kitti/frontend --workdir=runs/kitti/joint
+      --config.init_from=runs/kitti/frontend --workdir=runs/kitti/joint
 
 No separate context stage (100 training images): the joint stage starts from the front end with an
 identity-initialised 7-layer context module (no dilation 16). Expected: Table 6 59.2 mIoU on the 46 test images.
-The dataset must be prepared in data.dir (loaders arrive with a later issue).
+Prepare the dataset once first:
+`python -m dilated_jax.data.prepare --dataset=kitti --manual_dir=...` (README.md, "Datasets").
 """
 
 from dilated_jax import config as base_config

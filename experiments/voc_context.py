@@ -1,12 +1,13 @@
 r"""Pascal VOC 2012 context module on the COCO-trained front end, controlled evaluation (paper.md 3.3, Table 3).
 
   python -m dilated_jax.train --config=experiments/voc_context.py:variant=large \
-      --config.data.dir=data/pascal_voc --config.init_from=runs/voc/frontend --workdir=runs/voc/context_large
+      --config.init_from=runs/voc/frontend --workdir=runs/voc/context_large
 
 init_from is the workdir of `experiments/voc_frontend.py:data=voc_finetune` (the COCO-trained front end, 69.8 val).
 The front end stays fixed: its 66x66 score maps of the training images are computed once and cached.
 Expected: Table 3 "Front + Basic" 71.3 / "Front + Large" 72.1 mIoU on VOC 2012 val (Large: Table 4 "Context" 73.5
-test). The dataset must be prepared in data.dir (loaders arrive with a later issue).
+test). Prepare the dataset once first:
+`python -m dilated_jax.data.prepare --dataset=pascal_voc --manual_dir=...` (README.md, "Datasets").
 """
 
 from dilated_jax import config as base_config

@@ -1,16 +1,16 @@
 r"""Pascal VOC 2012 front end (paper.md 3.1, 3.2): VOC + SBD alone (Table 2), or VOC + SBD + COCO then VOC fine-tuning.
 
   python -m dilated_jax.train --config=experiments/voc_frontend.py:data=voc_sbd \
-      --config.data.dir=data/pascal_voc --workdir=runs/voc/frontend_sbd
+      --config.init_weights=vgg_conv.caffemodel --workdir=runs/voc/frontend_sbd
   python -m dilated_jax.train --config=experiments/voc_frontend.py:data=coco \
-      --config.data.dir=data/pascal_voc --workdir=runs/voc/frontend_coco
+      --config.init_weights=vgg_conv.caffemodel --workdir=runs/voc/frontend_coco
   python -m dilated_jax.train --config=experiments/voc_frontend.py:data=voc_finetune \
-      --config.data.dir=data/pascal_voc --config.init_from=runs/voc/frontend_coco --workdir=runs/voc/frontend
+      --config.init_from=runs/voc/frontend_coco --workdir=runs/voc/frontend
 
 Expected: data=voc_sbd, Table 2 "Front end" 67.6 mIoU on VOC 2012 test (evaluation server; no local number in the
 paper). data=coco then data=voc_finetune: 69.8 val / 71.3 test (Tables 3 and 4 "Front end"); its workdir is the
-init_from of experiments/voc_context.py. The dataset must be prepared in data.dir (loaders arrive with a later
-issue; until then a run stops with a one-line error naming data.dir).
+init_from of experiments/voc_context.py. Prepare the dataset once first:
+`python -m dilated_jax.data.prepare --dataset=pascal_voc --manual_dir=...` (README.md, "Datasets").
 """
 
 from dilated_jax import config as base_config

@@ -27,6 +27,7 @@ ARGS = {
     'voc_frontend': [None, 'data=voc_sbd', 'data=coco', 'data=voc_finetune'],
     'voc_context': [None, 'variant=basic', 'variant=large'],
     'camvid_dilation8': [None, 'stage=frontend', 'stage=joint'],
+    'camvid_scratch': [None, 'stage=frontend', 'stage=joint'],
     'kitti_dilation7': [None, 'stage=frontend', 'stage=joint'],
     'cityscapes_dilation10': [None, 'stage=frontend', 'stage=context', 'stage=joint'],
 }

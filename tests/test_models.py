@@ -159,3 +159,29 @@ def test_upsample_probabilities(mode):
   assert probs.shape == (1, 45, 50, 5)
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
   assert probs.min() >= 0
+
+
+def test_bfloat16_compute_keeps_float32_parameters_loss_and_gradients():
+  """Mixed precision (model.dtype): convolutions in bfloat16, parameters, loss and gradients in float32."""
+  from dilated_jax.train import loss_and_metrics
+
+  cfg = net.model_config('camvid')
+  cfg.front_end.width = 1 / 16
+  x = jax.random.normal(jax.random.key(1), (1, 404, 404, 3))
+  labels = jax.random.randint(jax.random.key(2), (1, 4, 4), 0, cfg.num_classes)
+  models = {}
+  for dtype in ('float32', 'bfloat16'):
+    cfg.dtype = dtype
+    models[dtype] = net.build_model(cfg)
+  params = models['float32'].init(jax.random.key(0), x)['params']
+  assert {p.dtype for p in jax.tree.leaves(models['bfloat16'].init(jax.random.key(0), x))} == {jnp.dtype('float32')}
+
+  def loss(p, dtype):
+    return loss_and_metrics(models[dtype].apply({'params': p}, x), labels, cfg.num_classes)[0]
+
+  assert models['bfloat16'].apply({'params': params}, x).dtype == jnp.bfloat16
+  (l32, g32), (l16, g16) = (jax.value_and_grad(loss)(params, d) for d in ('float32', 'bfloat16'))
+  assert l16.dtype == jnp.float32 and {g.dtype for g in jax.tree.leaves(g16)} == {jnp.dtype('float32')}
+  np.testing.assert_allclose(l16, l32, rtol=2e-2)
+  final = lambda g: np.asarray(g['front_end']['final']['kernel'])
+  assert np.corrcoef(final(g16).ravel(), final(g32).ravel())[0, 1] > 0.95

@@ -124,3 +124,23 @@ def get_sweep():
   assert lines[0].startswith('group,receptive field (px),mIoU mean') and len(lines) == 3
   r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)  # everything done: skipped
   assert r.returncode == 0 and r.stderr.count('skipped') == 2
+
+
+def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
+  from dilated_jax import data as datasets, figure
+  from dilated_jax.train import train
+  from tests.test_train import tiny
+
+  cfg = tiny()
+  train(cfg, str(tmp_path / 'run'))
+  picture = figure.draw(cfg, [str(tmp_path / 'run')] * 2, 'test', [0, 3])
+  size = cfg.data.synthetic.image_size
+  assert picture.shape == (2 * (size + 4), 4 * (size + 4), 3)
+  image, label = datasets.get_source(cfg.data, 'test')[3]
+  row = picture[size + 4:2 * size + 4]
+  np.testing.assert_array_equal(row[:, :size], image)
+  truth = figure.colourise(label, datasets.dataset_info(cfg.data).palette)
+  np.testing.assert_array_equal(row[:, size + 4:2 * size + 4], truth)
+  np.testing.assert_array_equal(row[:, 2 * (size + 4):3 * size + 8], row[:, 3 * (size + 4):4 * size + 12])
+  with pytest.raises(ValueError, match='--indices'):
+    figure.draw(cfg, [str(tmp_path / 'run')], 'test', [cfg.data.synthetic.test_size])

@@ -73,10 +73,18 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield ex.name, encode(ex)
 
 
+# 8-bit grey, palette, colour (alpha dropped) and CMYK images become RGB; others (grey with alpha, 16-bit, float)
+# would be mangled by that conversion.
+IMAGE_MODES = ('1', 'L', 'P', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr')
+
+
 def encode(ex: Example) -> dict:
   """The record of one example; ValueError naming the file when one cannot be read or the sizes differ."""
   try:
     with Image.open(ex.image) as im:
+      if im.mode not in IMAGE_MODES:
+        raise ValueError(f'expected an 8-bit grey, palette, RGB, RGBA or CMYK image, got {len(im.getbands())} '
+                         f'channels of mode {im.mode}')
       im.load()  # decodes everything: a truncated file fails here, not in training
       if im.mode == 'RGB' and im.format in ('JPEG', 'PNG') and ex.size in (None, im.size):
         with open(ex.image, 'rb') as f:
@@ -91,8 +99,8 @@ def encode(ex: Example) -> dict:
     raise ValueError(f'{ex.image}: cannot read the image ({e})') from e
   try:
     label = np.asarray(ex.read_label())
-  except (OSError, SyntaxError, ValueError, KeyError, IndexError, TypeError) as e:
-    raise ValueError(f'{ex.label}: cannot read the label ({e})') from e
+  except Exception as e:  # noqa: BLE001 - each dataset's reader (PIL, scipy's loadmat) fails in its own way
+    raise ValueError(f'{ex.label}: cannot read the label ({type(e).__name__}: {e})') from e
   if ex.size is not None:
     label = pipeline.resize_nearest(label, ex.size)
   if label.shape != (size[1], size[0]):

@@ -13,6 +13,28 @@ MARGIN = 186
 OUTPUT_STRIDE = 8
 
 
+def check_front_end(cfg) -> None:
+  """ValueError naming the model.front_end field that cannot give a network (config values, before any layer)."""
+  n = len(cfg.block_convs)
+  if not n or len(cfg.block_channels) != n or len(cfg.block_dilations) != n:
+    raise ValueError(f'model.front_end: block_convs, block_channels and block_dilations must have one entry per '
+                     f'block, got {tuple(cfg.block_convs)}, {tuple(cfg.block_channels)}, {tuple(cfg.block_dilations)}')
+  for field in ('block_dilations', 'block_convs', 'block_channels'):
+    values = tuple(cfg[field])
+    if any(int(v) != v or v < 1 for v in values):
+      raise ValueError(f'model.front_end.{field}: expected positive integers, got {values}')
+  for field in ('fc6_dilation', 'fc6_kernel', 'fc_channels'):
+    if int(cfg[field]) != cfg[field] or cfg[field] < 1:
+      raise ValueError(f'model.front_end.{field}: expected a positive integer, got {cfg[field]}')
+  if not 0 <= cfg.pools <= n:
+    raise ValueError(f'model.front_end.pools: expected 0..{n} (one pool after each of the first blocks), '
+                     f'got {cfg.pools}')
+  if not cfg.width > 0:
+    raise ValueError(f'model.front_end.width: expected a positive scale of the channels, got {cfg.width}')
+  if not 0 <= cfg.dropout_rate < 1:
+    raise ValueError(f'model.front_end.dropout_rate: expected 0 <= rate < 1, got {cfg.dropout_rate}')
+
+
 class FrontEnd(nn.Module):
   """VGG-16 adapted for dense prediction; the defaults are the paper's network, other fields give CPU-sized variants.
 

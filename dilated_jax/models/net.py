@@ -7,7 +7,7 @@ import ml_collections
 
 from dilated_jax.models import context as ctx
 from dilated_jax.models.context import ContextModule
-from dilated_jax.models.frontend import FrontEnd
+from dilated_jax.models.frontend import FrontEnd, check_front_end
 from dilated_jax.models.layers import bilinear_deconv, bilinear_zoom
 
 UPSAMPLINGS = ('zoom', 'deconv')
@@ -74,10 +74,12 @@ def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
 def build_model(cfg: ml_collections.ConfigDict, with_context: bool = True) -> DilationNet:
   """A DilationNet from the model fields of a config; with_context=False or no dilations gives the front end alone."""
   dtype = jnp.dtype(cfg.dtype)
+  check_front_end(cfg.front_end)
   front_end = FrontEnd(num_classes=cfg.num_classes, dtype=dtype, **cfg.front_end.to_dict())
   context_module = None
-  if with_context and cfg.context.dilations:
+  if cfg.context.dilations:  # checked for the front-end stage too: the next stage runs from the same config
     ctx.check_schedule(cfg.context.dilations, cfg.context.channel_multipliers, cfg.context.padding)
+  if with_context and cfg.context.dilations:
     context_module = ContextModule(
         num_classes=cfg.num_classes, dilations=tuple(cfg.context.dilations),
         channel_multipliers=tuple(cfg.context.channel_multipliers), padding=cfg.context.padding,
