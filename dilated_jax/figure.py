@@ -15,16 +15,8 @@ from PIL import Image
 
 from dilated_jax import checkpoint, cli, sharding
 from dilated_jax import data as datasets
-from dilated_jax.data.info import IGNORE_LABEL
 from dilated_jax.evaluate import Predictor
-
-
-def colourise(label: np.ndarray, palette) -> np.ndarray:
-  """(H, W) class ids -> (H, W, 3) uint8 in `palette`, IGNORE_LABEL black."""
-  table = np.zeros((256, 3), np.uint8)
-  table[:len(palette)] = palette
-  table[IGNORE_LABEL] = 0
-  return table[label]
+from dilated_jax.predict import colourise
 
 
 def draw(cfg, workdirs, split: str, indices) -> np.ndarray:

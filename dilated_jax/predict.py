@@ -52,8 +52,10 @@ def read_image(path: str) -> np.ndarray:
 
 
 def colourise(labels: np.ndarray, palette) -> np.ndarray:
-  """(H, W) class ids -> (H, W, 3) uint8 colours."""
-  return np.asarray(palette, np.uint8)[labels]
+  """(H, W) class ids -> (H, W, 3) uint8 colours of `palette`; IGNORE_LABEL (void) black."""
+  table = np.zeros((256, 3), np.uint8)
+  table[:len(palette)] = palette
+  return table[labels]
 
 
 def write_png(path: str, array: np.ndarray):

@@ -127,7 +127,7 @@ def get_sweep():
 
 
 def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
-  from dilated_jax import data as datasets, figure
+  from dilated_jax import data as datasets, figure, predict
   from dilated_jax.train import train
   from tests.test_train import tiny
 
@@ -139,7 +139,7 @@ def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
   image, label = datasets.get_source(cfg.data, 'test')[3]
   row = picture[size + 4:2 * size + 4]
   np.testing.assert_array_equal(row[:, :size], image)
-  truth = figure.colourise(label, datasets.dataset_info(cfg.data).palette)
+  truth = predict.colourise(label, datasets.dataset_info(cfg.data).palette)
   np.testing.assert_array_equal(row[:, size + 4:2 * size + 4], truth)
   np.testing.assert_array_equal(row[:, 2 * (size + 4):3 * size + 8], row[:, 3 * (size + 4):4 * size + 12])
   with pytest.raises(ValueError, match='--indices'):

@@ -87,8 +87,11 @@ def read_layers(path: str, mean_bgr) -> tuple[list[caffe.Layer], str]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such weights file')
   if zipfile.is_zipfile(path):
-    with zipfile.ZipFile(path) as z:
-      is_npz = all(n.endswith('.npy') for n in z.namelist())
+    try:
+      with zipfile.ZipFile(path) as z:
+        is_npz = all(n.endswith('.npy') for n in z.namelist())
+    except zipfile.BadZipFile as e:
+      raise ValueError(f'{path}: a broken zip archive ({e})') from None
     if is_npz:
       with np.load(path, allow_pickle=False) as f:
         return torchvision_layers({k: f[k] for k in f.files}, mean_bgr, path), 'torchvision (npz)'

@@ -10,6 +10,7 @@ any other name (os.system, builtins.exec, ...) stops the load before anything is
 
 import collections
 import io
+import os
 import pickle
 import struct
 import zipfile
@@ -160,7 +161,10 @@ def _read_legacy(f):
     if len(header) != 8:
       raise ValueError(f'truncated: the file ends at byte {at + len(header)}, inside the header of storage {key}')
     nbytes = struct.unpack('<q', header)[0] * root.dtype.itemsize
-    data = f.read(max(nbytes, 0))
+    left = os.fstat(f.fileno()).st_size - f.tell()
+    if not 0 <= nbytes <= left:  # checked before reading: a corrupt size must not allocate terabytes
+      raise ValueError(f'truncated: storage {key} at byte {at} needs {nbytes} bytes, the file has {left} more')
+    data = f.read(nbytes)
     if nbytes < 0 or len(data) != nbytes:
       raise ValueError(f'truncated: storage {key} at byte {at} needs {nbytes} bytes, the file has {len(data)} more')
     root.array = np.frombuffer(data, root.dtype)
@@ -199,5 +203,5 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         obj = _read_legacy(f)
     return _state_dict(obj)
   except (pickle.UnpicklingError, ValueError, EOFError, zipfile.BadZipFile, struct.error, IndexError, TypeError,
-          KeyError, AttributeError) as e:
+          KeyError, AttributeError, OverflowError, MemoryError) as e:
     raise ValueError(f'{path}: not loaded as a torch state dict: {e}') from None
