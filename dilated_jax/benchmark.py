@@ -50,7 +50,10 @@ def forward_flops(model, params, hw, stage: str) -> float:
   for part, module in parts:
     if module is None:
       continue
-    valid = part == 'front_end' and module.padding.upper() == 'VALID'
+    valid = module.padding.upper() == 'VALID' or module.padding == 'pad_once'
+    if module.padding == 'pad_once':  # padded once by the receptive field's radius, then unpadded convolutions
+      radius = sum(layer.dilation * (layer.kernel - 1) // 2 for layer in module.layers())
+      h, w = h + 2 * radius, w + 2 * radius
     for layer in module.layers():
       if layer.pool:
         h, w = math.ceil(h / 2), math.ceil(w / 2)
