@@ -23,15 +23,9 @@ from PIL import Image
 
 from dilated_jax import checkpoint, cli, sharding, weights
 from dilated_jax import data as datasets
-from dilated_jax.data.info import DATASETS
+from dilated_jax.data.info import DATASETS, IMAGE_MODES
 from dilated_jax.evaluate import Predictor
 from dilated_jax.models import model_config
-
-
-# 8-bit grey, palette, colour (alpha dropped) and CMYK images become RGB; others (grey with alpha, 16-bit, float)
-# would be mangled by that conversion. As data/builder.py's IMAGE_MODES, not imported from there: that module loads
-# tensorflow_datasets.
-IMAGE_MODES = ('1', 'L', 'P', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr')
 
 
 def read_image(path: str) -> np.ndarray:

@@ -20,7 +20,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from dilated_jax.data import pipeline
-from dilated_jax.data.info import IGNORE_LABEL, DatasetInfo
+from dilated_jax.data.info import IGNORE_LABEL, IMAGE_MODES, DatasetInfo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +73,6 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield ex.name, encode(ex)
 
 
-# 8-bit grey, palette, colour (alpha dropped) and CMYK images become RGB; others (grey with alpha, 16-bit, float)
-# would be mangled by that conversion.
-IMAGE_MODES = ('1', 'L', 'P', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr')
 
 
 def encode(ex: Example) -> dict:

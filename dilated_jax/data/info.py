@@ -44,6 +44,10 @@ DATASETS = {
         (72.39, 82.91, 73.16), (1024, 1024)),
 }
 
+# PIL modes that convert to RGB faithfully: 8-bit grey, palette, colour (alpha dropped), CMYK. Others (grey with
+# alpha, 16-bit, float) would be mangled by the conversion and are refused by the image readers.
+IMAGE_MODES = ('1', 'L', 'P', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr')
+
 # Images per split in the releases the paper used (paper.md 3), shown by `python -m dilated_jax.data.check`.
 # VOC train: VOC 2012 train + SBD less val, the common "train_aug" count (the paper gives none); CamVid val: SegNet's
 # list (the paper says 100).
