@@ -15,7 +15,7 @@ def dataset_info(cfg: ml_collections.ConfigDict) -> DatasetInfo:
   return DATASETS[cfg.name]
 
 
-def get_source(cfg: ml_collections.ConfigDict, split: str, seed: int = 0):
+def get_source(cfg: ml_collections.ConfigDict, split: str):
   """Split `split` of cfg.name: `len()`, `[i]` -> (RGB uint8 (H, W, 3), uint8 label (H, W), 255 = void).
 
   The paper's datasets are read from cfg.dir, where `python -m dilated_jax.data.prepare` wrote them.

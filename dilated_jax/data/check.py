@@ -85,7 +85,7 @@ def main(argv):
   results = {}
   start = time.time()
   for split in datasets.builder_class(cfg.data.name).SPLITS:
-    results[split] = check_split(datasets.get_source(cfg.data, split, cfg.seed), info.num_classes)
+    results[split] = check_split(datasets.get_source(cfg.data, split), info.num_classes)
   print(report(cfg.data, results, info))
   print(f'\n{sum(r["images"] for r in results.values())} images checked in {time.time() - start:.1f} s')
   found = problems(results, info.num_classes)
