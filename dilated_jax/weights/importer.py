@@ -1,4 +1,4 @@
-"""Released weights onto this library's network: layer names, OIHW -> HWIO, every shape checked (paper.md 1.5, 5.1).
+"""Released weights onto this library's network: layer names, OIHW -> HWIO, every shape checked.
 
 Sources: a Caffe .caffemodel (the authors' dilation*.caffemodel, vgg_conv.caffemodel, VGG_ILSVRC_16_layers with
 fc6/fc7 as InnerProduct), a torchvision VGG-16 state dict (.pth, or .npz of the same names), or a workdir / orbax
@@ -7,6 +7,8 @@ Caffe weights go in unchanged; torchvision's (RGB / 255, normalised) is folded i
 """
 
 import dataclasses
+import io
+import math
 import os
 import zipfile
 
@@ -31,6 +33,8 @@ TORCHVISION_CLASSIFIER = {0: 'fc6', 3: 'fc7', 6: IMAGENET_CLASSIFIER}
 # torchvision's input: RGB / 255, then (x - mean) / std per channel (RGB order).
 TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
+# An .npz member's header is read from at most this many bytes (numpy's own limit on a header is 10,000).
+_NPY_HEAD = 10_016
 
 
 def canonical_name(name: str) -> str:
@@ -78,8 +82,51 @@ def torchvision_layers(state: dict[str, np.ndarray], mean_bgr, source: str) -> l
   extra = sorted(set(state) - used)
   if extra:
     raise ValueError(f'{source}: {extra[0]} is not a VGG-16 parameter (a state dict of another network?)')
-  layers[0].blobs = list(fold_torchvision_input(*layers[0].blobs, mean_bgr))
+  w, b = layers[0].blobs
+  if w.ndim != 4 or w.shape[1] != 3 or b.shape != w.shape[:1]:  # before folding, which would broadcast any shape
+    raise ValueError(f'{source}: features.0.weight (conv1_1) has shape {_oihw(w.shape)} and its bias {_oihw(b.shape)}, '
+                     'expected out x 3 x kh x kw and out')
+  layers[0].blobs = list(fold_torchvision_input(w, b, mean_bgr))
   return layers
+
+
+def _npy(members: torch_pickle.ZipMembers, info: zipfile.ZipInfo) -> np.ndarray:
+  """One .npz member's array: its header's shape and dtype checked against the member's size before its data is
+  read (np.load allocates the declared shape first: 4 TiB from a 100-byte member)."""
+  with members.open(info) as stream:
+    head = stream.read(min(info.file_size, _NPY_HEAD))
+    f = io.BytesIO(head)
+    try:
+      version = np.lib.format.read_magic(f)
+      read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+      if version not in read_header:
+        raise ValueError(f'.npy format version {version}')
+      shape, fortran_order, dtype = read_header[version](f)
+    except Exception as e:  # noqa: BLE001 - numpy parses the header with ast and tokenize, which raise many kinds
+      raise ValueError(f'{info.filename} is not an .npy array ({" ".join(str(e).split())})') from None
+    if dtype.kind not in 'biuf':
+      raise ValueError(f'{info.filename} holds {dtype} values, not numbers')
+    nbytes = math.prod(shape) * dtype.itemsize
+    if min(shape, default=0) < 0 or f.tell() + nbytes != info.file_size:
+      raise ValueError(f'{info.filename} declares shape {shape} of {dtype} ({nbytes} bytes) but holds '
+                       f'{info.file_size - f.tell()} bytes')
+    out = np.empty(nbytes, np.uint8)
+    out[:len(head) - f.tell()] = np.frombuffer(head, np.uint8, offset=f.tell())
+    members.fill(stream, info, out[len(head) - f.tell():])
+  if fortran_order:
+    return out.view(dtype).reshape(shape[::-1]).transpose()
+  return out.view(dtype).reshape(shape)
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+  """name -> array of an .npz of numbers (no pickles), in memory bounded by the file's size."""
+  try:
+    with zipfile.ZipFile(path) as archive:
+      members = torch_pickle.ZipMembers(archive, os.path.getsize(path))
+      return {info.filename[:-len('.npy')]: _npy(members, info) for info in archive.infolist()}
+  except (ValueError,) + torch_pickle.ZIP_ERRORS as e:
+    raise ValueError(f'{path}: not loaded as an .npz of arrays: {" ".join(str(e).split()) or type(e).__name__}') \
+        from None
 
 
 def read_layers(path: str, mean_bgr) -> tuple[list[caffe.Layer], str]:
@@ -90,11 +137,10 @@ def read_layers(path: str, mean_bgr) -> tuple[list[caffe.Layer], str]:
     try:
       with zipfile.ZipFile(path) as z:
         is_npz = all(n.endswith('.npy') for n in z.namelist())
-    except zipfile.BadZipFile as e:
-      raise ValueError(f'{path}: a broken zip archive ({e})') from None
+    except (ValueError,) + torch_pickle.ZIP_ERRORS as e:  # ValueError: a name that is not the UTF-8 it claims
+      raise ValueError(f'{path}: a broken zip archive ({" ".join(str(e).split()) or type(e).__name__})') from None
     if is_npz:
-      with np.load(path, allow_pickle=False) as f:
-        return torchvision_layers({k: f[k] for k in f.files}, mean_bgr, path), 'torchvision (npz)'
+      return torchvision_layers(read_npz(path), mean_bgr, path), 'torchvision (npz)'
     return torchvision_layers(torch_pickle.read_state_dict(path), mean_bgr, path), 'torchvision'
   with open(path, 'rb') as f:
     head = f.read(2)
@@ -143,7 +189,9 @@ def _convert(layer: caffe.Layer, want: dict, where: str) -> dict:
                      '(out x in x kh x kw)')
   if b.size != cout or b.squeeze().ndim > 1:
     raise ValueError(f'{where}: the file has a bias of {_oihw(b.shape)}, the network wants {cout}')
-  return {'kernel': np.ascontiguousarray(w.transpose(2, 3, 1, 0), np.float32), 'bias': b.reshape(cout)}
+  # Copies: the arrays read from a file may be read-only views of its bytes.
+  return {'kernel': np.array(w.transpose(2, 3, 1, 0), np.float32, order='C'), 'bias': np.array(b.reshape(cout),
+                                                                                                np.float32)}
 
 
 def _check_deconvolution(layer: caffe.Layer, num_classes: int, upsample: str, where: str):
