@@ -48,7 +48,18 @@ def steps(workdir: str) -> list[int]:
   path = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(path):
     return []
-  return sorted(int(n) for n in os.listdir(path) if n.isdigit() and os.path.isdir(os.path.join(path, n)))
+  return sorted(int(n) for n in os.listdir(path) if _is_step_name(n) and os.path.isdir(os.path.join(path, n)))
+
+
+def _is_step_name(name: str) -> bool:
+  """'6', never '06' or '+6': the one spelling per step that orbax writes and `step_dir` gives."""
+  return name.isdigit() and str(int(name)) == name
+
+
+def _strays(workdir: str) -> list[str]:
+  """Folders of checkpoints/ named as a step but not as orbax names one ('06'): orbax would read them as the step's."""
+  path = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  return sorted(n for n in os.listdir(path) if n.isdigit() and not _is_step_name(n)) if os.path.isdir(path) else []
 
 
 class Mismatch(ValueError):
@@ -63,6 +74,10 @@ def restore_latest(workdir: str, abstract_state):
   this raises ValueError: in both cases nothing is moved.
   """
   bad = _unreadable_metrics(workdir)  # orbax's manager reads every step's metrics: one broken file stops it
+  strays = _strays(workdir)
+  for name in strays:
+    logging.warning('%s is not a checkpoint folder orbax wrote (steps are named %d): setting it aside',
+                    os.path.join(os.path.abspath(workdir), 'checkpoints', name), int(name))
   errors = []
   for step in reversed(steps(workdir)):
     if step in bad:
@@ -78,11 +93,12 @@ def restore_latest(workdir: str, abstract_state):
       bad.append(step)
       errors.append(f'{step}: {_one_line(e)}')
       continue
-    _set_aside(workdir, bad)
+    _set_aside(workdir, [str(b) for b in bad] + strays)
     return state, step
   if bad:
     raise ValueError(f'{os.path.join(os.path.abspath(workdir), "checkpoints")}: no checkpoint reads back '
                      f'({"; ".join(errors)}); move them away to start afresh')
+  _set_aside(workdir, strays)
   return None, None
 
 
@@ -206,19 +222,20 @@ def _unreadable_metrics(workdir) -> list[int]:
   return bad
 
 
-def _set_aside(workdir: str, bad: list[int]):
-  """Moves the step folders `bad` to WORKDIR/corrupt_checkpoints/ (process 0; every process waits for it)."""
-  if not bad:
+def _set_aside(workdir: str, names: list[str]):
+  """Moves the folders `names` of checkpoints/ to WORKDIR/corrupt_checkpoints/ (process 0; every process waits)."""
+  if not names:
     return
   if jax.process_index() == 0:
     folder = os.path.join(os.path.abspath(workdir), CORRUPT)
     os.makedirs(folder, exist_ok=True)
-    for step in bad:
-      target, n = os.path.join(folder, str(step)), 1
+    for name in names:
+      source = os.path.join(os.path.abspath(workdir), 'checkpoints', name)
+      target, n = os.path.join(folder, name), 1
       while os.path.exists(target):
-        target, n = os.path.join(folder, f'{step}.{n}'), n + 1
-      os.replace(step_dir(workdir, step), target)
-      logging.warning('moved the unreadable checkpoint %s to %s', step_dir(workdir, step), target)
+        target, n = os.path.join(folder, f'{name}.{n}'), n + 1
+      os.replace(source, target)
+      logging.warning('moved the unreadable checkpoint %s to %s', source, target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices('dilated_jax: corrupt checkpoints set aside')

@@ -53,6 +53,7 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
           crop=(500, 500),  # training crop, margin included (paper.md 1.3); (0, 0): the whole image + margin
           flip=True,
           scale_range=(1.0, 1.0),  # training images rescaled by U(lo, hi) before padding; (1, 1): off, as the paper
+          workers=-1,  # processes building training batches (grain): -1 one per available core, 0 in this process
           synthetic=synthetic.default_config(),
       ),
       eval=dict(split='val', tile=(528, 528), batch_size=8),

@@ -1,4 +1,4 @@
-"""Full-image evaluation with the paper's tiling (paper.md 1.6).
+"""Full-image evaluation with the authors' test-time tiling (fyu/dilation test.py, test_image).
 
   python -m dilated_jax.evaluate --config=experiments/synthetic.py:stage=context --workdir=DIR [--split=test]
 
@@ -18,15 +18,22 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from dilated_jax import checkpoint, cli, metrics, sharding
+from dilated_jax import checkpoint, cli, metrics, progress, sharding
 from dilated_jax import data as datasets
-from dilated_jax.data import pipeline
-from dilated_jax.data.info import IGNORE_LABEL
+from dilated_jax.data import pipeline, tiling
 from dilated_jax.models import build_model, upsample_probabilities
 
 
+def stitch(maps, grid):
+  """(B * nh * nw, h, w, C) tile outputs, row-major over the grid -> (B, nh * h, nw * w, C)."""
+  nh, nw = grid
+  _, h, w, c = maps.shape
+  return maps.reshape(-1, nh, nw, h, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(-1, nh * h, nw * w, c)
+
+
 class Predictor:
-  """Tiled inference for one network: image batches in, full-resolution class probabilities out (paper.md 1.6).
+  """Tiled inference for one network: image batches in, full-resolution class probabilities out (fyu/dilation
+  test.py, test_image).
 
   The image, BGR minus the mean, is reflect-padded by the margin and cut into tiles whose outputs are `tile` pixels
   and do not overlap; short tiles at the bottom and right are reflect-padded. Scores are stitched, turned into
@@ -42,42 +49,18 @@ class Predictor:
     self.tile = tuple(int(t) for t in tile)
     if any(t % self.stride for t in self.tile):
       raise ValueError(f'eval.tile: expected multiples of the output stride {self.stride}, got {self.tile}')
-
-  def grid(self, hw) -> tuple[int, int]:
-    return math.ceil(hw[0] / self.tile[0]), math.ceil(hw[1] / self.tile[1])
-
-  def tiles(self, image_rgb, grid) -> np.ndarray:
-    """(nh * nw, tile_h + 2 margin, tile_w + 2 margin, 3) network inputs of one image."""
-    (th, tw), m = self.tile, self.margin
-    x = pipeline.to_network_input(image_rgb, self.mean_bgr)
-    # As the authors' predict.py / test.py: reflect by the margin, cut, and reflect a short tile about its own
-    # bottom and right edges. One np.pad to the grid's size would reflect about the image's edge instead: other
-    # pixels beyond the margin, which the last cells and (through the context module) the whole tile see.
-    x = np.pad(x, ((m, m), (m, m), (0, 0)), mode='reflect')
-    size = (th + 2 * m, tw + 2 * m)
-    tiles = []
-    for i in range(grid[0]):
-      for j in range(grid[1]):
-        t = x[i * th:i * th + size[0], j * tw:j * tw + size[1]]
-        if t.shape[0] < 2 or t.shape[1] < 2:  # past this image, in a batch's larger grid: cropped away
-          t = np.zeros(size + (3,), x.dtype)
-        tiles.append(np.pad(t, ((0, size[0] - t.shape[0]), (0, size[1] - t.shape[1]), (0, 0)), mode='reflect'))
-    return np.stack(tiles)
+    self.tiling = tiling.Tiling(self.tile, self.margin, self.stride, self.mean_bgr)
 
   @functools.lru_cache(maxsize=None)
   def _probabilities_fn(self, grid):
-    nh, nw = grid
     th, tw = self.tile
-
-    def stitch(maps):  # (B * nh * nw, h, w, C) -> (B, nh * h, nw * w, C)
-      _, h, w, c = maps.shape
-      return maps.reshape(-1, nh, nw, h, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(-1, nh * h, nw * w, c)
+    nh, nw = grid
 
     def probabilities(params, tiles):
       scores = self.model.apply({'params': params}, tiles)
       if self.upsample == 'zoom':
-        return upsample_probabilities(stitch(scores), 'zoom', self.stride, (nh * th, nw * tw))
-      return stitch(upsample_probabilities(scores, 'deconv', self.stride, (th, tw)))
+        return upsample_probabilities(stitch(scores, grid), 'zoom', self.stride, (nh * th, nw * tw))
+      return stitch(upsample_probabilities(scores, 'deconv', self.stride, (th, tw)), grid)
 
     def evaluate(params, tiles, labels, num_classes):
       preds = jnp.argmax(probabilities(params, tiles), axis=-1)
@@ -87,47 +70,46 @@ class Predictor:
     return (jax.jit(probabilities, in_shardings=(repl, rows), out_shardings=rows),
             jax.jit(evaluate, in_shardings=(repl, rows, rows), out_shardings=repl, static_argnums=3))
 
-  def _batch(self, images, labels=None):
-    """Global arrays for a batch of images: tiles, and labels padded to the tile grid with IGNORE_LABEL."""
-    grid = tuple(max(g) for g in zip(*(self.grid(im.shape[:2]) for im in images)))
-    rows = sharding.process_rows(len(images))
-    out = {'tiles': np.concatenate([self.tiles(im, grid) for im in images[rows]])}
-    if labels is not None:
-      shape = (grid[0] * self.tile[0], grid[1] * self.tile[1])
-      padded = np.full((len(labels),) + shape, IGNORE_LABEL, np.int32)
-      for p, lab in zip(padded, labels):
-        p[:lab.shape[0], :lab.shape[1]] = lab
-      out['labels'] = padded[rows]
-    return grid, sharding.global_batch(self.mesh, out)
+  @functools.lru_cache(maxsize=None)
+  def scores_fn(self, grid):
+    """Jitted (params, tiles of a batch on `grid`) -> the network's stitched scores (B, nh h, nw w, C), before the
+    softmax: what the score cache holds (fyu/dilation test.py --bin)."""
+    repl, rows = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
+    return jax.jit(lambda params, tiles: stitch(self.model.apply({'params': params}, tiles), grid),
+                   in_shardings=(repl, rows), out_shardings=rows)
 
   def probabilities(self, params, images) -> list[np.ndarray]:
     """Full-resolution (H, W, C) float32 class probabilities of each image."""
-    grid, batch = self._batch(images)
-    probs = self._probabilities_fn(grid)[0](params, batch['tiles'])
+    grid, local = self.tiling.batch(images, rows=sharding.process_rows(len(images)))
+    probs = self._probabilities_fn(grid)[0](params, sharding.global_batch(self.mesh, local)['tiles'])
     probs = np.asarray(multihost_utils.process_allgather(probs, tiled=True))
     return [p[:im.shape[0], :im.shape[1]] for p, im in zip(probs, images)]
 
-  def confusion(self, params, images, labels, num_classes: int):
-    """(C, C) confusion matrix of a batch of images against their full-resolution labels (on device)."""
-    grid, batch = self._batch(images, labels)
+  def confusion(self, params, grid, local: dict, num_classes: int):
+    """(C, C) confusion matrix (on device) of a batch tiled on `grid`, of which `local` holds this process's rows
+    ('tiles', and 'labels' at full resolution padded to the grid), as `Tiling.batch` makes them."""
+    batch = sharding.global_batch(self.mesh, local)
     return self._probabilities_fn(grid)[1](params, batch['tiles'], batch['labels'], num_classes)
 
 
-def padded_batches(source, batch_size: int):
-  """Lists of (images, labels) in dataset order; the last is filled up with blank images whose labels are all void."""
-  for start in range(0, len(source), batch_size):
-    pairs = [source[i] for i in range(start, min(start + batch_size, len(source)))]
-    blank = (np.zeros_like(pairs[0][0]), np.full_like(pairs[0][1], IGNORE_LABEL))
-    pairs += [blank] * (batch_size - len(pairs))
-    yield [p[0] for p in pairs], [p[1] for p in pairs]
+def evaluate(predictor: Predictor, params, source, info, batch_size: int, workers: int = 0) -> dict:
+  """Confusion matrix, per-class IoU, mIoU and pixel accuracy of `params` on every image of `source`.
 
-
-def evaluate(predictor: Predictor, params, source, info, batch_size: int) -> dict:
-  """Confusion matrix, per-class IoU, mIoU and pixel accuracy of `params` on every image of `source`."""
+  Batches of `batch_size` images in dataset order (the last filled up with blank images whose labels are all void)
+  are read, decoded and tiled by `workers` processes (0: a thread here) while the devices run the previous ones.
+  """
   batch_size = math.ceil(batch_size / predictor.mesh.size) * predictor.mesh.size
+  read = tiling.TiledBatches(source, predictor.tiling, batch_size, sharding.process_rows(batch_size))
   confusion = jnp.zeros((info.num_classes, info.num_classes), jnp.int32)
-  for images, labels in padded_batches(source, batch_size):
-    confusion = confusion + predictor.confusion(params, images, labels, info.num_classes)
+  done = progress.Progress('evaluation', len(source), main=jax.process_index() == 0)
+  batches = pipeline.ordered_map(read, range(len(read)), workers)
+  try:
+    for b, local in enumerate(batches):
+      grid = tuple(int(g) for g in local.pop('grid'))
+      confusion = confusion + predictor.confusion(params, grid, local, info.num_classes)
+      done.update(min(batch_size, len(source) - b * batch_size))
+  finally:
+    batches.close()  # the worker processes, also when a record fails
   confusion = np.asarray(jax.device_get(confusion))
   result = metrics.scores(confusion)
   return {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy'],
@@ -153,9 +135,10 @@ def main(argv):
   mesh = sharding.make_mesh()
   predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context='context_module' in params)
   params = jax.device_put(params, sharding.replicated(mesh))
-  result = evaluate(predictor, params, source, info, cfg.eval.batch_size)
+  result = evaluate(predictor, params, source, info, cfg.eval.batch_size,
+                    pipeline.resolve_workers(cfg.data.workers))
   result.update(split=FLAGS.split, checkpoint=FLAGS.checkpoint, workdir=os.path.abspath(FLAGS.workdir),
-                dataset=cfg.data.name, protocol='full images, tiled as paper.md 1.6, mIoU over classes present')
+                dataset=cfg.data.name, protocol='full images, tiled as fyu/dilation test.py, mIoU over classes present')
   print(report(result, info, f'{cfg.data.name} {FLAGS.split}'))
   print(f'mIoU {100 * result["miou"]:.2f}  pixel accuracy {100 * result["pixel_accuracy"]:.2f}  '
         f'({len(source)} images)')

@@ -14,6 +14,7 @@ padding 186, the preset's tiles, softmax, x8 zoom (or Cityscapes' bilinear decon
 """
 
 import os
+import warnings
 
 from absl import app, flags, logging
 import jax
@@ -32,17 +33,38 @@ def read_image(path: str) -> np.ndarray:
   """RGB uint8 (H, W, 3); an unreadable, truncated or non-image file, or one of other channels, raises ValueError
   naming it."""
   try:
-    with Image.open(path) as im:
-      mode, channels = im.mode, len(im.getbands())
-      rgb = np.asarray(im.convert('RGB')) if mode in IMAGE_MODES else None
+    with warnings.catch_warnings():
+      # PIL only warns up to twice its pixel limit (Image.MAX_IMAGE_PIXELS): a file that big is refused here.
+      warnings.simplefilter('error', Image.DecompressionBombWarning)
+      with Image.open(path) as im:
+        mode, channels = im.mode, len(im.getbands())
+        rgb = np.asarray(im.convert('RGB')) if mode in IMAGE_MODES else None
   except FileNotFoundError:
     raise FileNotFoundError(f'{path}: no such image file') from None
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # SyntaxError: some broken headers
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,  # SyntaxError: some broken headers
+          Image.DecompressionBombWarning) as e:
     raise ValueError(f'{path}: not a readable image ({e})') from None
   if rgb is None:
     raise ValueError(f'{path}: expected an 8-bit grey, palette, RGB, RGBA or CMYK image, got {channels} channels of '
                      f'mode {mode}')
   return rgb
+
+
+def output_stems(paths, output_dir: str, suffixes=('.png', '_overlay.png', '.npy')) -> list[str]:
+  """OUT/<stem> of each input; ValueError naming the files when two inputs would write the same outputs or an
+  output would overwrite an input."""
+  stems, inputs = {}, {os.path.realpath(p): p for p in paths}
+  for path in paths:
+    stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
+    if stem in stems:
+      raise ValueError(f'{stems[stem]} and {path} would both be written to {stem}.png: give them different names '
+                       'or predict them into different folders')
+    stems[stem] = path
+    for suffix in suffixes:
+      if os.path.realpath(stem + suffix) in inputs:
+        raise ValueError(f'--output_dir: {stem + suffix} would overwrite the input image '
+                         f'{inputs[os.path.realpath(stem + suffix)]}; choose another output folder')
+  return list(stems)
 
 
 def colourise(labels: np.ndarray, palette) -> np.ndarray:
@@ -91,16 +113,16 @@ def main(argv):
   if not paths:
     raise ValueError('no images given: expected image files after the flags')
   images = [read_image(p) for p in paths]  # every file is checked before anything is written
+  stems = output_stems(paths, FLAGS.output_dir, ('.png', '_overlay.png') + (('.npy',) if FLAGS.save_probs else ()))
   model_cfg, info, tile, params, with_context = network()
   mesh = sharding.make_mesh()
   predictor = Predictor(model_cfg, info, tile, mesh, with_context=with_context)
   params = jax.device_put(params, sharding.replicated(mesh))
   os.makedirs(FLAGS.output_dir, exist_ok=True)
-  for path, image in zip(paths, images):
+  for path, image, stem in zip(paths, images, stems):
     fill = [np.zeros_like(image)] * (mesh.size - 1)  # one image per call, the batch filled up per device
     probs = predictor.probabilities(params, [image] + fill)[0]
     labels = probs.argmax(-1)
-    stem = os.path.join(FLAGS.output_dir, os.path.splitext(os.path.basename(path))[0])
     colours = colourise(labels, info.palette)
     write_png(stem + '.png', colours)
     write_png(stem + '_overlay.png', (0.5 * image + 0.5 * colours).astype(np.uint8))

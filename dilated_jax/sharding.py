@@ -1,5 +1,7 @@
 """The device mesh and the layouts on it: parameters replicated, batches split over 'data' across devices and hosts."""
 
+import collections
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -29,3 +31,20 @@ def process_rows(global_size: int) -> slice:
   """This process's rows of a global batch of `global_size`."""
   n = global_size // jax.process_count()
   return slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+
+
+def prefetch_to_mesh(batches, mesh, size: int = 2):
+  """Global arrays of this process's `batches`, `size` - 1 ahead: the transfer of the next batch to the devices is
+  under way while the current step runs (device_put is asynchronous), so a step never waits for one."""
+  queue = collections.deque()
+  try:
+    for local in batches:
+      queue.append(global_batch(mesh, local))
+      if len(queue) == size:
+        yield queue.popleft()
+    while queue:
+      yield queue.popleft()
+  finally:
+    close = getattr(batches, 'close', None)
+    if close is not None:
+      close()

@@ -6,10 +6,10 @@ Rerunning the same command in the same workdir resumes from the last checkpoint,
 The context stage trains on the front end's scores, computed once and cached in the workdir (as the paper did).
 """
 
-import hashlib
 import json
 import os
 import signal
+import tempfile
 import time
 
 from absl import app, flags, logging
@@ -20,7 +20,7 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from dilated_jax import checkpoint, cli, metrics, sharding, weights
+from dilated_jax import checkpoint, cli, metrics, progress, score_cache, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax import receptive_field as rf
 from dilated_jax.data import pipeline
@@ -55,16 +55,19 @@ def optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
       optax.trace(decay=cfg.momentum))
 
 
-def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mesh):
+def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mesh, mean_bgr):
   """The jitted step (state, batch) -> (state, metrics): data-parallel over `mesh`, the state donated.
 
   The context stage feeds cached front-end scores to the context module alone; the other stages feed images to the
-  whole model (with dropout). Only the subtrees named in `trainable` get gradients and updates.
+  whole model (with dropout): RGB uint8 crops as the pipeline sends them, made BGR minus `mean_bgr` here, on the
+  device. Only the subtrees named in `trainable` get gradients and updates.
   """
 
   def forward(p, x, dropout_rng):
     if stage == 'context':
       return model.context_module.apply({'params': p['context_module']}, x)
+    if x.dtype == jnp.uint8:
+      x = pipeline.to_network_input(x, mean_bgr)
     return model.apply({'params': p}, x, train=True, rngs={'dropout': dropout_rng})
 
   def train_step(state, batch):
@@ -97,37 +100,12 @@ def _all_finite(tree):
 # ------------------------------------------------------------------ the stages' inputs
 
 
-def read_record(source, i: int, num_classes: int):
-  """(image, label) of record i of `source`, after checking that the label fits its image and holds only classes
-  and IGNORE_LABEL: what a prepared dataset does not promise (`python -m dilated_jax.data.check` lists them all)."""
-  image, label = source[i]
-  if label.shape != image.shape[:2]:
-    raise ValueError(f'{_record_name(source, i)}: the label is {"x".join(map(str, label.shape[::-1]))} px but its '
-                     f'image is {image.shape[1]}x{image.shape[0]} px')
-  if label.size and int(label.max()) >= num_classes:
-    values = np.unique(label[label >= num_classes])
-    values = values[values != IGNORE_LABEL]
-    if values.size:
-      raise ValueError(f'{_record_name(source, i)}: label values {", ".join(map(str, values[:10]))} are outside '
-                       f'the {num_classes} classes and not {IGNORE_LABEL} (void); `python -m dilated_jax.data.check` '
-                       f'lists every such image')
-  return image, label
-
-
-def _record_name(source, i: int) -> str:
-  name = f'{getattr(source, "name", type(source).__name__)} record {i}'
-  try:  # prepared datasets know the image's name
-    return f'{name} ({source.inspect(i)[0]})'
-  except Exception:  # noqa: BLE001 - only for the message
-    return name
-
-
 def image_examples(cfg, source, model, info):
-  """make_example(i, rng) for the image stages (frontend, joint): crop, flip, mean, label slice (paper.md 1.3)."""
+  """make_example(i, rng) of the image stages (frontend, joint) and the training crop (paper.md 1.3)."""
   fe = model.front_end
   crop = tuple(cfg.data.crop)
   if crop == (0, 0):  # the whole image: all images must share one size
-    h, w = read_record(source, 0, info.num_classes)[0].shape[:2]
+    h, w = pipeline.read_record(source, 0, info.num_classes)[0].shape[:2]
     crop = (h + 2 * fe.margin, w + 2 * fe.margin)
   try:
     out_hw = tuple(rf.output_size(c, fe.layers(), fe.padding) for c in crop)
@@ -140,51 +118,10 @@ def image_examples(cfg, source, model, info):
     raise ValueError(f'data.crop: {crop} cannot be taken by this front end: expected crop - {2 * fe.margin} '
                      f'to be a multiple of {fe.stride} (e.g. {2 * fe.margin + 16 * fe.stride})')
 
-  def make_example(i, rng):
-    image, label = read_record(source, i, info.num_classes)
-    return pipeline.train_example(image, label, crop=crop, margin=fe.margin, stride=fe.stride, out_hw=out_hw,
-                                  mean_bgr=info.mean_bgr, rng=rng, flip=cfg.data.flip,
-                                  scale_range=cfg.data.scale_range)
-
+  make_example = pipeline.ImageExamples(source, info.num_classes, crop=crop, margin=fe.margin, stride=fe.stride,
+                                        out_hw=out_hw, flip=cfg.data.flip,
+                                        scale_range=tuple(cfg.data.scale_range))
   return make_example, crop
-
-
-def cached_scores(folder, source, predictor: Predictor, front_end_params, data_cfg):
-  """The front end's score maps of every training image and their labels at stride s, computed once.
-
-  Scores come from the test-time tiling (as the authors' test.py --bin); the label of cell i is pixel s * i of the
-  image, IGNORE_LABEL beyond it. The file is named by a hash of the front end's parameters and the data settings,
-  so every context run from the same front end shares it and a changed front end never reads a stale one.
-  """
-  digest = hashlib.sha256(data_cfg.to_json(sort_keys=True).encode() + repr(predictor.tile).encode())
-  for leaf in jax.tree.leaves(front_end_params):
-    digest.update(np.ascontiguousarray(leaf).tobytes())
-  path = os.path.join(folder, 'features', f'train_{digest.hexdigest()[:16]}.npz')
-  if os.path.exists(path):
-    with np.load(path) as f:
-      return f['scores'], f['labels']
-  logging.info('computing the front end scores of %d training images (once)', len(source))
-  s = predictor.stride
-  scores, labels = [], []
-  apply = jax.jit(lambda p, x: predictor.model.apply({'params': p}, x))
-  for i in range(len(source)):
-    image, label = read_record(source, i, predictor.model.front_end.num_classes)
-    grid = predictor.grid(image.shape[:2])
-    tiles = apply(front_end_params, predictor.tiles(image, grid))
-    nh, nw = grid
-    _, h, w, c = tiles.shape
-    scores.append(np.asarray(tiles).reshape(nh, nw, h, w, c).transpose(0, 2, 1, 3, 4).reshape(nh * h, nw * w, c))
-    labels.append(pipeline.label_slice(label, 0, s, (nh * h, nw * w)))
-  if len({x.shape for x in scores}) > 1:
-    raise ValueError('stage context: every training image must give score maps of one size (the paper trains the '
-                     'context module on whole images)')
-  scores, labels = np.stack(scores), np.stack(labels)
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp.npz'  # context runs started together from one front end may race here
-    np.savez(tmp, scores=scores, labels=labels)
-    os.replace(tmp, path)
-  return scores, labels
 
 
 # ------------------------------------------------------------------ logging
@@ -204,12 +141,14 @@ class Log:
       _keep_lines_up_to(path, start_step)
       self.jsonl = open(path, 'a')
     self.t0, self.step0 = time.time(), None
+    self.input_wait, self.interval_start = 0.0, None  # seconds waited for input batches since the last line
 
   def write(self, step, scalars: dict, kind: str):
     if not self.main:
       return
     for k, v in scalars.items():
-      self.tb.add_scalar(f'{kind}/{k}', v, step)
+      if np.isfinite(v):  # the first line's speed is unknown (compilation)
+        self.tb.add_scalar(f'{kind}/{k}', v, step)
     self.jsonl.write(json.dumps({'step': step, 'kind': kind, **scalars}) + '\n')
     self.jsonl.flush()
 
@@ -219,16 +158,18 @@ class Log:
     now = time.time()
     if self.step0 is None:  # the first interval includes compilation: time from here on
       self.t0, self.step0 = now, step
-      speed = float('nan')
+      speed = wait = float('nan')
     else:
       speed = (step - self.step0) * self.batch / (now - self.t0)
+      wait = self.input_wait / (now - self.interval_start)
+    self.input_wait, self.interval_start = 0.0, now
     eta = (self.total - step) * self.batch / speed if speed > 0 else float('nan')
-    scalars = dict(scalars, images_per_sec=speed)
+    # input_wait: the fraction of the time since the last line that the loop waited for a batch.
+    scalars = dict(scalars, images_per_sec=speed, input_wait=wait)
     self.write(step, scalars, 'train')
-    speed_text = '(compiling)' if np.isnan(speed) else f'{speed:.1f} img/s'
-    eta_text = '?' if np.isnan(eta) else f'{int(eta // 60)}m{int(eta % 60):02d}s'
+    speed_text = '(compiling)' if np.isnan(speed) else f'{speed:.1f} img/s, input wait {100 * wait:.0f}%'
     logging.info('step %d/%d  loss %.4f  acc %.3f  mIoU %.3f  %s  ETA %s', step, self.total,
-                 scalars['loss'], scalars['accuracy'], scalars['miou'], speed_text, eta_text)
+                 scalars['loss'], scalars['accuracy'], scalars['miou'], speed_text, progress.duration(eta))
 
   def close(self):
     if self.main:
@@ -261,6 +202,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   """Trains cfg.stage in `workdir` (resuming if it holds a checkpoint) on `devices` (default all); returns the final
   evaluation."""
   stage = cfg.stage
+  check_settings(cfg)
   mesh = sharding.make_mesh(devices)
   if cfg.batch_size % mesh.size:
     raise ValueError(f'batch_size: {cfg.batch_size} does not split over {mesh.size} devices')
@@ -274,6 +216,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
     raise ValueError(f'model.context.dilations: stage {stage} needs a context module, got none')
   train_source = datasets.get_source(cfg.data, 'train')
   val_source = datasets.get_source(cfg.data, cfg.eval.split)
+  for split, source in (('train', train_source), (cfg.eval.split, val_source)):
+    if not len(source):
+      raise ValueError(f'data: the {split} split of {info.name} holds no images')
   predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=stage != 'frontend')
   make_example, crop = image_examples(cfg, train_source, model, info)
   if stage != 'frontend' and not cfg.init_from and not cfg.init_weights:
@@ -306,30 +251,26 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
                                             need_final=stage != 'frontend')
       logging.info('from %s: %s; %s', cfg.init_weights, ', '.join(imported.layers), '; '.join(imported.notes))
     state = jax.device_put(_initial_state(params, tx, trainable), repl)
+  elif resume_step > cfg.total_steps:  # its evaluation would be labelled with a step its parameters are not from
+    raise ValueError(f'total_steps: {cfg.total_steps}, but {checkpoint.step_dir(workdir, resume_step)} is already '
+                     f'past it (run to at least {resume_step} steps, or give another --workdir)')
   else:
     logging.info('resumed from %s', checkpoint.step_dir(workdir, resume_step))
   start = resume_step or 0
   mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
 
   # --- the stage's inputs and forward pass
+  workers = pipeline.resolve_workers(cfg.data.workers)
   if stage == 'context':
     front_end = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=False)
     # Beside the front end that computed them, where the other context runs from it find them.
     folder = cfg.init_from if os.access(cfg.init_from, os.W_OK) else workdir
-    scores, labels = cached_scores(folder, train_source, front_end, {'front_end': state['params']['front_end']},
-                                   cfg.data)
+    cache = score_cache.cached_scores(folder, train_source, front_end, {'front_end': state['params']['front_end']},
+                                      cfg.data, workers, batch_size=cfg.eval.batch_size)
+    make_example = pipeline.ScoreExamples(cache, cfg.data.flip)
+  num_examples = len(cache) if stage == 'context' else len(train_source)
 
-    def make_example(i, rng):  # noqa: F811 - the context stage reads cached scores: whole maps, random flip
-      x, y = scores[i], labels[i]
-      if cfg.data.flip and rng.random() < 0.5:
-        x, y = x[:, ::-1], y[:, ::-1]
-      return {'image': np.ascontiguousarray(x), 'label': np.ascontiguousarray(y)}
-
-    num_examples = len(scores)
-  else:
-    num_examples = len(train_source)
-
-  step_fn = make_train_step(model, stage, trainable, tx, cfg.model.num_classes, rng, mesh)
+  step_fn = make_train_step(model, stage, trainable, tx, cfg.model.num_classes, rng, mesh, info.mean_bgr)
 
   # --- preemption: SIGTERM sets a flag that the loop reads after each step. Several processes must agree on the
   # step to stop at: JAX's preemption service (which watches SIGTERM itself) gives it to all of them.
@@ -344,9 +285,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
 
   # --- loop
   log = Log(workdir, cfg.total_steps, cfg.batch_size, start)
-  read = _logging_first_batch(make_example, cfg.batch_size // jax.process_count())
-  inputs = pipeline.batches(read, num_examples, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
-                            process_index=jax.process_index(), process_count=jax.process_count())
+  per_process = cfg.batch_size // jax.process_count()
+  rows = pipeline.example_indices(start, cfg.batch_size, num_examples, cfg.seed)[
+      jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+  logging.info('process %d/%d: its rows of the first batch are the training records %s (%d input workers)',
+               jax.process_index(), jax.process_count(), rows.tolist(), workers)
+  local = pipeline.batches(make_example, num_examples, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
+                           stop_step=cfg.total_steps, process_index=jax.process_index(),
+                           process_count=jax.process_count(), workers=workers)
+  inputs = sharding.prefetch_to_mesh(local, mesh)
   acc, finite, result, stop_now = None, [], None, False
   logging.info('stage %s: steps %d..%d, global batch %d on %d devices (%d processes)', stage, start,
                cfg.total_steps, cfg.batch_size, mesh.size, jax.process_count())
@@ -367,7 +314,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
 
   try:
     for step in range(start + 1, cfg.total_steps + 1):
-      batch = sharding.global_batch(mesh, next(inputs))
+      t = time.perf_counter()
+      batch = next(inputs)
+      log.input_wait += time.perf_counter() - t
       state, m = step_fn(state, batch)
       # Metrics and the finite flags stay on device until a log line, an evaluation or a checkpoint reads the
       # device anyway: no extra host synchronisation.
@@ -385,7 +334,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
                             'miou': metrics.scores(acc['confusion'])['miou']})
         acc = None
       if evaluate_now:
-        result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size)
+        result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size, workers)
         log.write(step, {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, cfg.eval.split)
         if jax.process_index() == 0:
           logging.info('step %d: %s mIoU %.4f', step, cfg.eval.split, result['miou'])
@@ -396,6 +345,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
         logging.warning('preempted (SIGTERM): checkpoint at step %d written, exiting', step)
         break
   finally:
+    inputs.close()  # stops the input workers
     mngr.wait_until_finished()
     mngr.close()
     log.close()
@@ -404,7 +354,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   if stop_now:
     raise SystemExit(128 + signal.SIGTERM)
   if result is None:  # resumed after the last step: evaluate the final parameters again
-    result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size)
+    result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size, workers)
   result.update(split=cfg.eval.split, step=cfg.total_steps, stage=stage, dataset=cfg.data.name)
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, 'eval', f'{cfg.eval.split}_final.json'), result)
@@ -412,33 +362,33 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   return result
 
 
+# Counts a run needs at least: field -> minimum (eval_every 0: at the end only; data.workers -1: one per core).
+MINIMUMS = {'batch_size': 1, 'total_steps': 1, 'log_every': 1, 'checkpoint_every': 1, 'keep_checkpoints': 1,
+            'eval_every': 0, 'eval.batch_size': 1, 'data.workers': -1}
+
+
+def check_settings(cfg):
+  """One line naming the first count of `cfg` below what a run needs (`keep_checkpoints` 0 would let retention
+  delete the checkpoint just written, the preemption one included)."""
+  for field, least in MINIMUMS.items():
+    value = cfg
+    for key in field.split('.'):
+      value = value[key]
+    if not isinstance(value, int) or value < least:
+      raise ValueError(f'{field}: expected an integer >= {least}, got {value!r}')
+
+
 def _initial_state(params, tx, trainable):
   return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init({k: params[k] for k in trainable})}
-
-
-def _logging_first_batch(make_example, per_process: int):
-  """make_example, logging the training records that this process reads for its first batch: each process reads
-  only its rows of every global batch."""
-  seen = []
-
-  def read(i, rng):
-    if len(seen) < per_process:
-      seen.append(int(i))
-      if len(seen) == per_process:
-        logging.info('process %d/%d: its rows of the first batch are the training records %s', jax.process_index(),
-                     jax.process_count(), seen)
-    return make_example(i, rng)
-
-  return read
 
 
 def _check_writable(workdir):
   """OSError naming the workdir when it cannot be made or written: before anything else is written."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
-    with open(probe, 'w'):
-      pass
+    # A fresh name (O_EXCL): hosts sharing the workdir may have processes of equal ids.
+    fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=workdir)
+    os.close(fd)
     os.remove(probe)
   except OSError as e:
     raise OSError(f'workdir: {workdir} is not a writable folder ({e.strerror or e})') from None

@@ -275,3 +275,29 @@ def test_real_camvid_labels_have_the_readme_pixel_counts():
   total = sum(np.bincount(np.asarray(Image.open(ex.label)).ravel(), minlength=12)
               for split in examples.values() for ex in split)
   assert total.tolist() == README_PIXELS
+
+
+@pytest.mark.parametrize('limit', [1000, 500])  # 40x30 = 1,200 px: past PIL's warning (limit) and its error (2 x)
+def test_a_decompression_bomb_image_stops_prepare_with_one_line_naming_it(tmp_path, monkeypatch, limit):
+  fixtures.write_kitti(str(tmp_path / 'kitti'))
+  monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', limit)  # stands in for a 180 Mpx file of a few hundred bytes
+  with pytest.raises(ValueError, match=r'kitti/.*\.png: cannot read the image .*decompression bomb'):
+    prepare('kitti', tmp_path / 'kitti', tmp_path / 'data')
+  assert not (tmp_path / 'data').exists()
+
+
+def test_a_second_preparation_into_the_same_data_dir_is_told_and_touches_nothing(tmp_path):
+  import fcntl
+
+  fixtures.write_kitti(str(tmp_path / 'kitti'))
+  running = tmp_path / 'data' / 'kitti' / 'incomplete.ABC_1.0.0'  # what the first one is writing
+  running.mkdir(parents=True)
+  with open(tmp_path / 'data' / '.kitti.prepare.lock', 'a') as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(ValueError, match=r'--data_dir: another preparation of kitti is writing into'):
+      prepare('kitti', tmp_path / 'kitti', tmp_path / 'data')
+    assert running.is_dir()
+  os.remove(tmp_path / 'data' / '.kitti.prepare.lock')
+  running.rmdir()
+  assert prepare('kitti', tmp_path / 'kitti', tmp_path / 'data') == {'train': 2, 'test': 1}
+  assert sorted(os.listdir(tmp_path / 'data')) == ['kitti']  # no lock file left behind

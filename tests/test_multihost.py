@@ -25,7 +25,7 @@ FLAGS = ['--config=experiments/synthetic.py:stage=frontend', '--config.data.synt
          '--config.data.synthetic.val_size=8', '--config.model.front_end.block_channels=(4,8)',
          '--config.model.front_end.fc_channels=8', '--config.model.front_end.dropout_rate=0.5',
          '--config.eval.tile=(32,32)', '--config.total_steps=8', '--config.log_every=1', '--config.eval_every=3',
-         '--config.checkpoint_every=3']
+         '--config.checkpoint_every=3', '--config.data.workers=2']
 
 
 def launch(workdir, devices, cache, *extra):

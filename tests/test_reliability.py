@@ -19,6 +19,7 @@ import time
 import jax
 import numpy as np
 from PIL import Image
+import psutil
 import pytest
 
 import dataset_fixtures as fixtures
@@ -35,8 +36,10 @@ TINY = ['--config=experiments/synthetic.py:stage=frontend', '--config.data.synth
         '--config.data.synthetic.val_size=8', '--config.model.front_end.block_channels=(4,8)',
         '--config.model.front_end.fc_channels=8', '--config.model.front_end.dropout_rate=0.5',
         '--config.eval.tile=(32,32)', '--config.log_every=1', '--config.eval_every=0']
-# The run that the interrupted ones must reproduce: 16 steps, a checkpoint every 2.
-RUN = ['--config.total_steps=16', '--config.checkpoint_every=2', '--config.keep_checkpoints=2']
+# The run that the interrupted ones must reproduce: 16 steps, a checkpoint every 2, batches built by 2 worker
+# processes (the interrupted runs' workers die with them and new ones must pick up at the resumed step).
+RUN = ['--config.total_steps=16', '--config.checkpoint_every=2', '--config.keep_checkpoints=2',
+       '--config.data.workers=2']
 
 
 @pytest.fixture(scope='module')
@@ -143,8 +146,11 @@ def test_a_run_killed_at_any_moment_ends_bitwise_where_an_uninterrupted_one_does
     proc = start(env, *args)
     if wait_for(proc, line):
       time.sleep(rng.uniform(0, 0.3))
+    workers = psutil.Process(proc.pid).children(recursive=True)
     proc.kill()
     proc.communicate(timeout=300)
+    # The input workers have no one left to close them: they notice and exit by themselves.
+    assert not psutil.wait_procs(workers, timeout=10)[1], 'input workers outlived the killed run'
 
   r = run(env, *args)  # the same command, to the end
   assert r.returncode == 0, r.stderr[-3000:]
@@ -170,9 +176,12 @@ def test_truncated_and_half_written_checkpoints_are_named_set_aside_and_the_one_
   shutil.copytree(ckpts / '6', ckpts / '8', ignore=shutil.ignore_patterns('d', 'ocdbt.process_0', 'manifest.ocdbt'))
   bad = {step: files(ckpts / str(step)) for step in (6, 8)}
   good = {step: files(ckpts / str(step)) for step in (2, 4)}
+  shutil.copytree(ckpts / '2', ckpts / '02')  # a step's name as orbax never writes it: orbax would take it for 2
 
   r = run(env, *args)
   assert r.returncode == 0, r.stderr[-3000:]
+  assert f'{ckpts / "02"} is not a checkpoint folder orbax wrote' in r.stderr
+  assert files(work / checkpoint.CORRUPT / '02') == good[2]
   for step in (8, 6):
     assert f'checkpoint {ckpts / str(step)} does not read back' in r.stderr
     assert files(work / checkpoint.CORRUPT / str(step)) == bad[step]  # set aside as it was, not deleted

@@ -58,10 +58,10 @@ def test_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
 def test_stages_chain_and_the_context_stage_trains_only_the_context_module(tmp_path):
   train(tiny('frontend'), str(tmp_path / 'frontend'))
   result = train(tiny('context', init_from=str(tmp_path / 'frontend')), str(tmp_path / 'context'))
-  cached = list((tmp_path / 'frontend' / 'features').glob('train_*.npz'))  # beside the front end that made them
+  cached = list((tmp_path / 'frontend' / 'features').glob('train_*/scores.npy'))  # beside the front end that made them
   assert len(cached) == 1
   train(tiny('context,context=flat', init_from=str(tmp_path / 'frontend')), str(tmp_path / 'flat'))
-  assert list((tmp_path / 'frontend' / 'features').glob('train_*.npz')) == cached  # shared by the next run
+  assert list((tmp_path / 'frontend' / 'features').glob('train_*/scores.npy')) == cached  # shared by the next run
   front = checkpoint.load_params(str(tmp_path / 'frontend'))
   ctx = checkpoint.load_params(str(tmp_path / 'context'))
   assert_trees_equal(front['front_end'], ctx['front_end'])
@@ -119,3 +119,63 @@ def test_evaluate_and_predict_entry_points(tmp_path):
   assert Image.open(out / 'test_0000.png').size == (128, 128)  # the scene files are full-size (128 px)
   probs = np.load(out / 'test_0000.npy')
   assert probs.shape == (128, 128, 5) and np.allclose(probs.sum(-1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize('field,value', [('checkpoint_every', 0), ('log_every', 0), ('batch_size', 0),
+                                         ('keep_checkpoints', 0), ('keep_checkpoints', -1), ('eval.batch_size', 0),
+                                         ('data.workers', -2), ('total_steps', 0)])
+def test_counts_a_run_cannot_use_are_one_line_naming_the_field(tmp_path, field, value):
+  cfg = tiny()
+  cfg.unlock()
+  parent, _, key = ('.' + field).rpartition('.')
+  (cfg[parent[1:]] if parent else cfg)[key] = value
+  with pytest.raises(ValueError, match=f'^{field}: expected an integer >= '):
+    train(cfg, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()  # refused before anything is written
+
+
+def test_an_empty_split_is_one_line_naming_it(tmp_path):
+  cfg = tiny()
+  cfg.data.synthetic.train_size = 0
+  with pytest.raises(ValueError, match='data: the train split of synthetic holds no images'):
+    train(cfg, str(tmp_path / 'w'))
+
+
+def test_a_workdir_already_past_total_steps_is_refused_not_relabelled(tmp_path):
+  train(tiny(total_steps=4), str(tmp_path / 'w'))
+  with pytest.raises(ValueError, match=r'total_steps: 2, but .*checkpoints/4 is already past it'):
+    train(tiny(total_steps=2), str(tmp_path / 'w'))
+  assert json.load(open(tmp_path / 'w' / 'eval' / 'val_final.json'))['step'] == 4  # not relabelled
+
+
+def test_the_workdir_write_probe_never_collides_between_hosts_of_equal_process_ids(tmp_path):
+  """Threads of one process stand in for hosts whose processes have equal ids on a shared filesystem."""
+  import threading
+  from dilated_jax.train import _check_writable
+
+  errors = []
+
+  def probe():
+    for _ in range(300):
+      try:
+        _check_writable(str(tmp_path))
+      except OSError as e:
+        errors.append(e)
+
+  threads = [threading.Thread(target=probe) for _ in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors and os.listdir(tmp_path) == []
+
+
+def test_predict_refuses_outputs_that_would_overwrite_an_input_or_each_other(tmp_path):
+  from dilated_jax.predict import output_stems
+
+  a, b = tmp_path / 'in' / 'a.png', tmp_path / 'other' / 'a.jpg'
+  assert output_stems([str(a)], str(tmp_path / 'out')) == [str(tmp_path / 'out' / 'a')]
+  with pytest.raises(ValueError, match=r'--output_dir: .*in/a\.png would overwrite the input image .*in/a\.png'):
+    output_stems([str(a)], str(tmp_path / 'in'))
+  with pytest.raises(ValueError, match=r'in/a\.png and .*other/a\.jpg would both be written to .*out/a\.png'):
+    output_stems([str(a), str(b)], str(tmp_path / 'out'))

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from typing import Callable
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -78,21 +79,24 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def encode(ex: Example) -> dict:
   """The record of one example; ValueError naming the file when one cannot be read or the sizes differ."""
   try:
-    with Image.open(ex.image) as im:
-      if im.mode not in IMAGE_MODES:
-        raise ValueError(f'expected an 8-bit grey, palette, RGB, RGBA or CMYK image, got {len(im.getbands())} '
-                         f'channels of mode {im.mode}')
-      im.load()  # decodes everything: a truncated file fails here, not in training
-      if im.mode == 'RGB' and im.format in ('JPEG', 'PNG') and ex.size in (None, im.size):
-        with open(ex.image, 'rb') as f:
-          image_bytes = f.read()
-      else:  # grey or CMYK JPEGs (COCO has some), RGBA PNGs, resizing: stored as an RGB PNG
-        rgb = im.convert('RGB')
-        if ex.size not in (None, rgb.size):
-          rgb = rgb.resize(ex.size, Image.Resampling.BOX if ex.size[0] < rgb.size[0] else Image.Resampling.BICUBIC)
-        image_bytes = png_bytes(rgb)
-      size = ex.size or im.size
-  except (OSError, SyntaxError, ValueError) as e:
+    with warnings.catch_warnings():
+      # PIL only warns up to twice its pixel limit (Image.MAX_IMAGE_PIXELS): a file that big is refused here.
+      warnings.simplefilter('error', Image.DecompressionBombWarning)
+      with Image.open(ex.image) as im:
+        if im.mode not in IMAGE_MODES:
+          raise ValueError(f'expected an 8-bit grey, palette, RGB, RGBA or CMYK image, got {len(im.getbands())} '
+                           f'channels of mode {im.mode}')
+        im.load()  # decodes everything: a truncated file fails here, not in training
+        if im.mode == 'RGB' and im.format in ('JPEG', 'PNG') and ex.size in (None, im.size):
+          with open(ex.image, 'rb') as f:
+            image_bytes = f.read()
+        else:  # grey or CMYK JPEGs (COCO has some), RGBA PNGs, resizing: stored as an RGB PNG
+          rgb = im.convert('RGB')
+          if ex.size not in (None, rgb.size):
+            rgb = rgb.resize(ex.size, Image.Resampling.BOX if ex.size[0] < rgb.size[0] else Image.Resampling.BICUBIC)
+          image_bytes = png_bytes(rgb)
+        size = ex.size or im.size
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise ValueError(f'{ex.image}: cannot read the image ({e})') from e
   try:
     label = np.asarray(ex.read_label())
@@ -171,7 +175,8 @@ def prepare(builder_cls, manual_dir: str, data_dir: str) -> dict[str, int]:
   """Builds the dataset into data_dir from manual_dir (nothing if already there); returns the images per split.
 
   Every file is checked before anything is written; tfds builds into an `incomplete.*` folder and renames it when
-  done, and on any failure this removes what it created, so data_dir never holds a half-built dataset.
+  done, and on any failure this removes what it created, so data_dir never holds a half-built dataset. A lock file
+  in data_dir keeps a second preparation of the same dataset out while one runs.
   """
   builder = builder_cls(data_dir=data_dir)
   if not is_prepared(builder):
@@ -181,20 +186,43 @@ def prepare(builder_cls, manual_dir: str, data_dir: str) -> dict[str, int]:
     builder.examples(manual_dir)  # fails early, writing nothing, when files are missing
     root = os.path.join(data_dir, builder_cls.name)
     created = [d for d in (data_dir, root) if not os.path.exists(d)]
-    for leftover in _incomplete_dirs(root):  # from a run killed with SIGKILL, which no cleanup survives
-      shutil.rmtree(leftover)
+    os.makedirs(data_dir, exist_ok=True)
+    lock = _lock(os.path.join(data_dir, f'.{builder_cls.name}.prepare.lock'), builder_cls.name)
+    done = False
     try:
-      with tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded, but tfds makes the folder
-        builder.download_and_prepare(download_dir=downloads, file_format='array_record',
-                                     download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    except BaseException:
-      for leftover in _incomplete_dirs(root):
-        shutil.rmtree(leftover, ignore_errors=True)
-      for d in reversed(created):
+      if not is_prepared(builder):  # the other preparation may have finished while this one checked the files
+        for leftover in _incomplete_dirs(root):  # from a run killed with SIGKILL, which no cleanup survives
+          shutil.rmtree(leftover)
+        try:
+          with tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded, but tfds makes the folder
+            builder.download_and_prepare(download_dir=downloads, file_format='array_record',
+                                         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        except BaseException:
+          for leftover in _incomplete_dirs(root):
+            shutil.rmtree(leftover, ignore_errors=True)
+          raise
+      done = True
+    finally:
+      os.remove(lock.name)  # while still held, so that no one takes a lock on a file about to go
+      lock.close()
+      for d in reversed(created if not done else []):
         if os.path.isdir(d) and not os.listdir(d):
           os.rmdir(d)
-      raise
   return {split: builder.info.splits[split].num_examples for split in builder_cls.SPLITS}
+
+
+def _lock(path: str, name: str):
+  """The open lock file `path`, held exclusively; ValueError when another preparation holds it."""
+  import fcntl
+
+  f = open(path, 'a')
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.close()
+    raise ValueError(f'--data_dir: another preparation of {name} is writing into {os.path.dirname(path)} (it holds '
+                     f'{path}); wait for it to finish, then run this again to use what it built') from None
+  return f
 
 
 def is_prepared(builder) -> bool:

@@ -1,11 +1,17 @@
-"""From an RGB image and its label to what the network trains on (paper.md 1.3), and deterministic batching.
+"""From an RGB image and its label to what the network trains on (arXiv 1511.07122 section 4; fyu/caffe-dilation
+image_label_data_layer.cpp), and deterministic batches built by grain in worker processes.
 
 The network sees BGR minus the dataset's mean (the released models' convention), reflection-padded (reflect-101)
 by the front end's margin; the label is padded with IGNORE_LABEL and sampled at margin + stride * i of the crop,
 so output cell i is supervised by the pixel at stride * i of the unpadded crop.
+
+Nothing here imports JAX: this module and the sources are what grain's worker processes unpickle and run.
 """
 
-import queue
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
 import threading
 from typing import Callable, Iterator
 
@@ -16,19 +22,32 @@ from dilated_jax.data.info import IGNORE_LABEL
 
 
 def to_network_input(image_rgb: np.ndarray, mean_bgr) -> np.ndarray:
-  """RGB uint8 (H, W, 3) -> float32 BGR minus the per-channel BGR mean."""
+  """RGB uint8 (..., H, W, 3) -> float32 BGR minus the per-channel BGR mean (numpy or JAX arrays alike)."""
   return image_rgb[..., ::-1].astype(np.float32) - np.asarray(mean_bgr, np.float32)
+
+
+def crop_padding(hw, margin: int, crop: tuple[int, int]):
+  """((top, bottom), (left, right)): the margin, then centred padding up to `crop` for a small image."""
+  extra_h, extra_w = max(crop[0] - hw[0] - 2 * margin, 0), max(crop[1] - hw[1] - 2 * margin, 0)
+  return ((margin + extra_h // 2, margin + extra_h - extra_h // 2),
+          (margin + extra_w // 2, margin + extra_w - extra_w // 2))
 
 
 def pad_to_crop(image, label, margin: int, crop: tuple[int, int]):
   """Reflect-pad the image by `margin`, then (centred) up to `crop`; the label likewise, with IGNORE_LABEL."""
-  h, w = image.shape[:2]
-  extra_h, extra_w = max(crop[0] - h - 2 * margin, 0), max(crop[1] - w - 2 * margin, 0)
-  pads = ((margin + extra_h // 2, margin + extra_h - extra_h // 2),
-          (margin + extra_w // 2, margin + extra_w - extra_w // 2))
+  pads = crop_padding(image.shape[:2], margin, crop)
   image = np.pad(image, pads + ((0, 0),), mode='reflect')
   label = np.pad(label, pads, constant_values=IGNORE_LABEL)
   return image, label
+
+
+def reflect_101(index: np.ndarray, n: int) -> np.ndarray:
+  """Where padding index i of an axis of n pixels reads from: np.pad's 'reflect' (no edge repeat), for any i."""
+  if n == 1:
+    return np.zeros_like(index)
+  period = 2 * (n - 1)
+  index = np.abs(index) % period
+  return np.where(index >= n, period - index, index)
 
 
 def label_slice(label: np.ndarray, margin: int, stride: int, out_hw: tuple[int, int]) -> np.ndarray:
@@ -56,19 +75,82 @@ def rescale(image_rgb: np.ndarray, label: np.ndarray, scale: float):
   return np.asarray(image), resize_nearest(label, size)
 
 
-def train_example(image_rgb, label, *, crop, margin, stride, out_hw, mean_bgr, rng: np.random.Generator,
-                  flip: bool = True, scale_range=(1.0, 1.0)):
-  """One training pair: optional random rescaling, pad, uniform random crop, random horizontal flip, mean
-  subtraction, label slice."""
+def train_example(image_rgb, label, *, crop, margin, stride, out_hw, rng: np.random.Generator, flip: bool = True,
+                  scale_range=(1.0, 1.0)):
+  """One training pair: optional random rescaling, pad, uniform random crop, random horizontal flip, label slice.
+
+  The image stays RGB uint8 (a quarter of float32's bytes to move to the training process and the devices); the
+  train step turns it into the network's input with `to_network_input`, on the device. The crop is read through
+  reflected indices from the unpadded image: exactly `pad_to_crop` then slicing, without padding the whole image
+  (a Cityscapes image is 13x a 628 px crop).
+  """
   if tuple(scale_range) != (1.0, 1.0):  # off: no draw, so that the crops and flips stay those of the paper's runs
     image_rgb, label = rescale(image_rgb, label, rng.uniform(*scale_range))
-  image, label = pad_to_crop(to_network_input(image_rgb, mean_bgr), label, margin, crop)
-  y = int(rng.integers(image.shape[0] - crop[0] + 1))
-  x = int(rng.integers(image.shape[1] - crop[1] + 1))
-  image, label = image[y:y + crop[0], x:x + crop[1]], label[y:y + crop[0], x:x + crop[1]]
+  h, w = label.shape
+  (top, bottom), (left, right) = crop_padding((h, w), margin, crop)
+  y = int(rng.integers(h + top + bottom - crop[0] + 1))
+  x = int(rng.integers(w + left + right - crop[1] + 1))
+  rows, cols = np.arange(y, y + crop[0]) - top, np.arange(x, x + crop[1]) - left
+  image = image_rgb.take(reflect_101(rows, h), axis=0).take(reflect_101(cols, w), axis=1)
+  inside = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
+  label = label.take(np.clip(rows, 0, h - 1), axis=0).take(np.clip(cols, 0, w - 1), axis=1)
+  label = np.where(inside, label, IGNORE_LABEL)
   if flip and rng.random() < 0.5:
     image, label = image[:, ::-1], label[:, ::-1]
   return {'image': np.ascontiguousarray(image), 'label': label_slice(label, margin, stride, out_hw)}
+
+
+def read_record(source, i: int, num_classes: int):
+  """(image, label) of record i of `source`, after checking that the label fits its image and holds only classes
+  and IGNORE_LABEL: what a prepared dataset does not promise (`python -m dilated_jax.data.check` lists them all)."""
+  image, label = source[i]
+  if label.shape != image.shape[:2]:
+    raise ValueError(f'{record_name(source, i)}: the label is {"x".join(map(str, label.shape[::-1]))} px but its '
+                     f'image is {image.shape[1]}x{image.shape[0]} px')
+  if label.size and int(label.max()) >= num_classes:
+    values = np.unique(label[label >= num_classes])
+    values = values[values != IGNORE_LABEL]
+    if values.size:
+      raise ValueError(f'{record_name(source, i)}: label values {", ".join(map(str, values[:10]))} are outside '
+                       f'the {num_classes} classes and not {IGNORE_LABEL} (void); `python -m dilated_jax.data.check` '
+                       f'lists every such image')
+  return image, label
+
+
+def record_name(source, i: int) -> str:
+  name = f'{getattr(source, "name", type(source).__name__)} record {i}'
+  try:  # prepared datasets know the image's name
+    return f'{name} ({source.inspect(i)[0]})'
+  except Exception:  # noqa: BLE001 - only for the message
+    return name
+
+
+class ImageExamples:
+  """make_example(i, rng) of the image stages (frontend, joint): record i read and checked, then `train_example`.
+
+  A plain object of numbers and a source, so that grain's worker processes can unpickle it without JAX.
+  """
+
+  def __init__(self, source, num_classes: int, **train_example_args):
+    self.source, self.num_classes, self.args = source, num_classes, train_example_args
+
+  def __call__(self, i: int, rng: np.random.Generator) -> dict:
+    image, label = read_record(self.source, i, self.num_classes)
+    return train_example(image, label, rng=rng, **self.args)
+
+
+class ScoreExamples:
+  """make_example(i, rng) of the context stage: the cached front-end scores of image i and its labels at stride s,
+  whole maps, randomly flipped (arXiv 1511.07122 section 5; fyu/dilation test.py --bin)."""
+
+  def __init__(self, cache, flip: bool):
+    self.cache, self.flip = cache, flip
+
+  def __call__(self, i: int, rng: np.random.Generator) -> dict:
+    x, y = self.cache[i]
+    if self.flip and rng.random() < 0.5:
+      x, y = x[:, ::-1], y[:, ::-1]
+    return {'image': np.ascontiguousarray(x), 'label': np.ascontiguousarray(y, np.int32)}
 
 
 def example_indices(step: int, global_batch: int, num_examples: int, seed: int) -> np.ndarray:
@@ -79,38 +161,104 @@ def example_indices(step: int, global_batch: int, num_examples: int, seed: int) 
   return np.array([perms[e][o] for e, o in zip(epochs, offsets)])
 
 
-def batches(make_example: Callable[[int, np.random.Generator], dict], num_examples: int, *, global_batch: int,
-            seed: int, start_step: int, process_index: int = 0, process_count: int = 1,
-            prefetch: int = 2) -> Iterator[dict]:
-  """This process's share of each global batch from `start_step` on, built in a background thread.
+class ProcessBatch:
+  """Step t -> this process's rows of the global batch of step t: example j drawn with rng (seed, t, j)."""
 
-  Example j of step t is drawn with rng (seed, t, j), so a resumed run sees exactly the batches it would have seen.
+  def __init__(self, make_example: Callable[[int, np.random.Generator], dict], num_examples: int, global_batch: int,
+               seed: int, rows: range):
+    self.make_example, self.num_examples, self.global_batch = make_example, num_examples, global_batch
+    self.seed, self.rows = seed, rows
+
+  def __call__(self, step: int) -> dict:
+    idx = example_indices(step, self.global_batch, self.num_examples, self.seed)
+    batch = None
+    for row, j in enumerate(self.rows):  # into one array per key: a batch in memory once, not twice
+      example = self.make_example(int(idx[j]), np.random.default_rng([self.seed, step, j]))
+      if batch is None:
+        batch = {k: np.empty((len(self.rows),) + np.shape(v), np.asarray(v).dtype) for k, v in example.items()}
+      for k, v in example.items():
+        batch[k][row] = v
+    return batch
+
+
+def batches(make_example: Callable[[int, np.random.Generator], dict], num_examples: int, *, global_batch: int,
+            seed: int, start_step: int, stop_step: int, process_index: int = 0, process_count: int = 1,
+            workers: int = 0) -> Iterator[dict]:
+  """This process's share of the global batches of steps start_step..stop_step - 1, built by `workers` processes.
+
+  Example j of step t is drawn with rng (seed, t, j) and record `example_indices(t, ...)[j]`, whoever builds it:
+  a resumed run, and a run with any number of workers, devices or processes, sees exactly the same batches.
   """
   if global_batch % process_count:
     raise ValueError(f'batch_size: {global_batch} does not split over {process_count} processes')
   per_process = global_batch // process_count
-  lo = process_index * per_process
-  q: queue.Queue = queue.Queue(maxsize=prefetch)
-  stop = threading.Event()
+  rows = range(process_index * per_process, (process_index + 1) * per_process)
+  build = ProcessBatch(make_example, num_examples, global_batch, seed, rows)
+  return ordered_map(build, range(start_step, stop_step), workers)
 
-  def produce():
-    step = start_step
-    try:
-      while not stop.is_set():
-        idx = example_indices(step, global_batch, num_examples, seed)
-        examples = [make_example(int(idx[j]), np.random.default_rng([seed, step, j]))
-                    for j in range(lo, lo + per_process)]
-        q.put({k: np.stack([e[k] for e in examples]) for k in examples[0]})
-        step += 1
-    except Exception as e:  # handed to the consumer, which raises it in the main thread
-      q.put(e)
 
-  threading.Thread(target=produce, daemon=True).start()
+def ordered_map(fn: Callable[[int], dict], indices: range, workers: int, buffer: int = 2) -> Iterator:
+  """fn(i) for i in `indices`, in order, computed ahead by `workers` grain worker processes (0: one thread here).
+
+  Worker k computes the items k, k + workers, ...; each works up to `buffer` items ahead. The iterator's
+  state is its position: callers that resume start from a later index, so nothing else needs a checkpoint.
+  """
+  import grain  # here: only where batches are built
+
+  _absl_flags_parsed()
+  ds = grain.MapDataset.range(indices.start, indices.stop, indices.step).map(fn)
+  if workers > 0:
+    # An item is already a whole batch: each worker builds one while one waits in its queue.
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, buffer - 1)),
+                        worker_init_fn=_worker_init)
+  else:
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer))
+  return _closing(iter(ds))
+
+
+def resolve_workers(workers: int) -> int:
+  """data.workers: -1 means one per CPU core this process may run on."""
+  if workers < -1:
+    raise ValueError(f'data.workers: expected -1 (one per core), 0 (in this process) or a count, got {workers}')
+  if workers == -1:
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+  return workers
+
+
+def _closing(it) -> Iterator:
+  """Yields from grain's iterator as plain arrays and closes it (its worker processes) when the consumer stops."""
   try:
-    while True:
-      item = q.get()
-      if isinstance(item, Exception):
-        raise item
-      yield item
+    for item in it:
+      # Worker outputs arrive in shared memory that grain frees when the array is collected; a copy is ours.
+      yield {k: np.array(v) for k, v in item.items()} if isinstance(item, dict) else item
   finally:
-    stop.set()
+    close = getattr(it, 'close', None)
+    if close is not None:
+      close()
+
+
+def _absl_flags_parsed():
+  """grain's worker processes read absl flags, which must count as parsed (they are in every entry point; a
+  notebook or a test has not parsed them)."""
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _worker_init(index: int, count: int):
+  """In each worker process: leave SIGINT and SIGTERM to the main process (which checkpoints, then closes the
+  workers), and exit when the main process is gone (a SIGKILL leaves no one to close them)."""
+  del index, count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  # The parent's sentinel, not getppid(): the parent may have died while this worker was still starting.
+  parent = multiprocessing.parent_process()
+
+  def watch():
+    multiprocessing.connection.wait([parent.sentinel])
+    os._exit(0)
+
+  if parent is not None:
+    threading.Thread(target=watch, daemon=True).start()
