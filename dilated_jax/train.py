@@ -101,7 +101,7 @@ def _all_finite(tree):
 
 
 def image_examples(cfg, source, model, info):
-  """make_example(i, rng) of the image stages (frontend, joint) and the training crop (paper.md 1.3)."""
+  """make_example(i, rng) of the image stages (frontend, joint) and the training crop (arXiv 1511.07122 section 4)."""
   fe = model.front_end
   crop = tuple(cfg.data.crop)
   if crop == (0, 0):  # the whole image: all images must share one size

@@ -8,6 +8,7 @@ so output cell i is supervised by the pixel at stride * i of the unpadded crop.
 Nothing here imports JAX: this module and the sources are what grain's worker processes unpickle and run.
 """
 
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -118,6 +119,7 @@ def read_record(source, i: int, num_classes: int):
 
 
 def record_name(source, i: int) -> str:
+  """'camvid/train record 12 (0001TP_006690)': the record and, where the source knows it, its image's name."""
   name = f'{getattr(source, "name", type(source).__name__)} record {i}'
   try:  # prepared datasets know the image's name
     return f'{name} ({source.inspect(i)[0]})'
@@ -230,12 +232,22 @@ def _closing(it) -> Iterator:
   """Yields from grain's iterator as plain arrays and closes it (its worker processes) when the consumer stops."""
   try:
     for item in it:
-      # Worker outputs arrive in shared memory that grain frees when the array is collected; a copy is ours.
-      yield {k: np.array(v) for k, v in item.items()} if isinstance(item, dict) else item
+      if isinstance(item, dict):
+        # Worker outputs arrive in shared memory that grain frees when the array is collected: a copy is ours.
+        item = {k: v if type(v) is np.ndarray else np.array(v) for k, v in item.items()}
+      yield item
   finally:
     close = getattr(it, 'close', None)
     if close is not None:
       close()
+    # Batches grain had already taken from the workers free their shared memory when collected, by default in a
+    # background thread that an exiting process may not wait for (its resource tracker then prints a warning after
+    # the run's last line): free them now.
+    from grain._src.python.ipc import shared_memory_array
+
+    shared_memory_array.SharedMemoryArray._disable_async_del()  # pylint: disable=protected-access
+    del it, close
+    gc.collect()
 
 
 def _absl_flags_parsed():
