@@ -201,7 +201,8 @@ def _shapes(tree) -> dict[str, tuple]:
 
 
 def _metrics(workdir) -> dict:
-  """step -> its saved metrics ({'miou': ...}), None without any, 'unreadable' when the file does not parse."""
+  """step -> its saved metrics ({'miou': ...}), None without any, 'unreadable' when the file does not parse or holds
+  no mIoU."""
   out = {}
   for step in steps(workdir):
     path = os.path.join(step_dir(workdir, step), 'metrics', 'metrics')
@@ -209,7 +210,10 @@ def _metrics(workdir) -> dict:
     if os.path.exists(path):
       try:
         with open(path) as f:
-          out[step] = json.load(f)
+          metrics = json.load(f)
+        # Every metrics file this project writes holds the step's mIoU, which orbax's best-checkpoint choice reads.
+        out[step] = metrics if isinstance(metrics, dict) and isinstance(metrics.get('miou'), (int, float)) \
+            else 'unreadable'
       except (OSError, ValueError):
         out[step] = 'unreadable'
   return out

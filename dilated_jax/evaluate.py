@@ -18,7 +18,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from dilated_jax import checkpoint, cli, metrics, progress, sharding
+from dilated_jax import checkpoint, cli, metrics, progress, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax.data import pipeline, tiling
 from dilated_jax.models import build_model, upsample_probabilities
@@ -132,6 +132,7 @@ def main(argv):
   info = datasets.dataset_info(cfg.data)
   source = datasets.get_source(cfg.data, FLAGS.split)
   params = checkpoint.load_params(FLAGS.workdir, FLAGS.checkpoint)
+  weights.check_params(params, cfg.model, FLAGS.workdir)  # a layer of another shape: one line naming it
   mesh = sharding.make_mesh()
   predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context='context_module' in params)
   params = jax.device_put(params, sharding.replicated(mesh))

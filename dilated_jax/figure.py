@@ -13,7 +13,7 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from dilated_jax import checkpoint, cli, sharding
+from dilated_jax import checkpoint, cli, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax.evaluate import Predictor
 from dilated_jax.predict import colourise
@@ -32,6 +32,7 @@ def draw(cfg, workdirs, split: str, indices) -> np.ndarray:
   mesh = sharding.make_mesh()
   for workdir in workdirs:
     params = checkpoint.load_params(workdir, 'best')
+    weights.check_params(params, cfg.model, workdir)  # a layer of another shape: one line naming it
     predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context='context_module' in params)
     params = jax.device_put(params, sharding.replicated(mesh))
     fill = [np.zeros_like(images[0])] * (mesh.size - 1)  # one image per call, the batch filled up per device

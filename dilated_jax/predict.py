@@ -98,6 +98,7 @@ def network():
       raise ValueError('--width: only with --preset (a config sets model.front_end.width)')
     cfg = FLAGS.config
     params = checkpoint.load_params(FLAGS.workdir, FLAGS.checkpoint)
+    weights.check_params(params, cfg.model, FLAGS.workdir)  # a layer of another shape: one line naming it
     return cfg.model, datasets.dataset_info(cfg.data), cfg.eval.tile, params, 'context_module' in params
   if FLAGS.preset is None or FLAGS.weights is None:
     raise ValueError('--preset and --weights: released weights need both')

@@ -190,6 +190,19 @@ def test_truncated_and_half_written_checkpoints_are_named_set_aside_and_the_one_
   assert_bitwise_equal(checkpoint.load_params(str(straight)), checkpoint.load_params(str(work)))
 
 
+def test_a_metrics_file_without_miou_sets_its_checkpoint_aside_and_the_run_ends_as_the_straight_one(tmp_path, env,
+                                                                                                      straight):
+  work = tmp_path / 'metrics'
+  shutil.copytree(straight, work)
+  last = checkpoint.steps(work)[-1]
+  (work / 'checkpoints' / str(last) / 'metrics' / 'metrics').write_text('{}')  # parses, but holds no mIoU
+  r = run(env, *train_args(work, *RUN))
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f'checkpoint {checkpoint.step_dir(work, last)}: its metrics file does not read back' in r.stderr
+  assert (work / checkpoint.CORRUPT / str(last)).is_dir()
+  assert_bitwise_equal(checkpoint.load_params(str(straight)), checkpoint.load_params(str(work)))
+
+
 def test_checkpoints_of_another_model_or_all_unreadable_are_errors_that_move_nothing(tmp_path, straight):
   work = tmp_path / 'w'
   shutil.copytree(straight, work)

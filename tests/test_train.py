@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -119,6 +120,14 @@ def test_evaluate_and_predict_entry_points(tmp_path):
   assert Image.open(out / 'test_0000.png').size == (128, 128)  # the scene files are full-size (128 px)
   probs = np.load(out / 'test_0000.npy')
   assert probs.shape == (128, 128, 5) and np.allclose(probs.sum(-1), 1, atol=1e-5)
+  # A config whose network does not match the checkpoint: one line naming the layer and both shapes.
+  wider = [*cfg_flags, '--config.model.front_end.fc_channels=16', f'--workdir={work}']
+  for module, extra in (('dilated_jax.evaluate', ['--split=test', '--config.data.synthetic.test_size=4']),
+                        ('dilated_jax.predict', [f'--output_dir={tmp_path}/pred2', scene])):
+    r = run_module(module, *wider, *extra)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert re.search(r'error: .*/run: front_end/fc6/\w+ has shape \(.*8,\), this network wants \(.*16,\)',
+                     r.stderr.strip().splitlines()[-1]), r.stderr[-2000:]
 
 
 @pytest.mark.parametrize('field,value', [('checkpoint_every', 0), ('log_every', 0), ('batch_size', 0),
