@@ -5,6 +5,7 @@ named in a warning and the one before it is used (docs/decisions.md, "Corrupt ch
 """
 
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -23,23 +24,56 @@ CORRUPT = 'corrupt_checkpoints'
 
 
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-  """The CheckpointManager of `workdir`/checkpoints; a step saved with metrics {'miou': ...} competes for 'best'."""
+  """The CheckpointManager of `workdir`/checkpoints: keeps the newest `keep` steps and the best by recorded mIoU."""
   options = ocp.CheckpointManagerOptions(
       enable_async_checkpointing=True,
       read_only=read_only,
       create=not read_only,
-      best_fn=lambda m: m['miou'],
-      keep_checkpoints_without_metrics=True,
-      preservation_policy=policies.AnyPreservationPolicy([
-          policies.LatestN(keep),
-          policies.BestN(get_metric_fn=lambda m: m['miou'], n=1, keep_checkpoints_without_metrics=False)]))
+      preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(keep), KeepBest(workdir)]))
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
                               item_handlers={'state': ocp.StandardCheckpointHandler()})
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, metrics: dict | None = None, force: bool = False):
+@dataclasses.dataclass
+class KeepBest:
+  """Orbax preservation policy: keeps the step of the highest mIoU that `record_miou` wrote (read at each retention,
+  since a step's mIoU is recorded after its save)."""
+
+  workdir: str
+
+  def should_preserve(self, checkpoints, *, context=None):
+    best = best_step(self.workdir)
+    return [c.step == best for c in checkpoints]
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, force: bool = False):
   """Starts an asynchronous save of the train state (step, params, opt_state) at `step`."""
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), metrics=metrics, force=force)
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+
+
+def record_miou(mngr: ocp.CheckpointManager, workdir: str, step: int, miou: float):
+  """Records the validation mIoU of the checkpoint of `step`, once its save has finished, beside its arrays
+  (STEP/metrics/metrics, where orbax writes metrics given at save time): the step then competes for 'best'.
+
+  Saving first and evaluating after means an evaluation that fails or is preempted never costs the interval's
+  training; a step whose evaluation did not finish simply has no mIoU.
+  """
+  mngr.wait_until_finished()
+  if jax.process_index() == 0:
+    path = os.path.join(step_dir(workdir, step), 'metrics', 'metrics')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+      json.dump({'miou': float(miou)}, f)
+    os.replace(path + '.tmp', path)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('dilated_jax: mIoU recorded')
+
+
+def best_step(workdir: str) -> int | None:
+  """The step of the highest recorded mIoU (the newest of equals); None when no step has one."""
+  scored = [(m['miou'], s) for s, m in _metrics(workdir).items() if isinstance(m, dict)]
+  return max(scored)[1] if scored else None
 
 
 def steps(workdir: str) -> list[int]:
@@ -113,11 +147,9 @@ def load_params(workdir: str, which: str = 'latest') -> dict:
   order = steps(workdir)[::-1]
   if not order:
     raise FileNotFoundError(f'{path}: no {which} checkpoint')
-  if which == 'best':  # nothing evaluated yet (converted weights, a run cut short): the latest
-    scored = [(m['miou'], s) for s, m in _metrics(workdir).items() if isinstance(m, dict) and 'miou' in m]
-    if scored:
-      best = max(scored)[1]
-      order = [best] + [s for s in order if s != best]
+  best = best_step(workdir) if which == 'best' else None
+  if best is not None:  # None: nothing evaluated yet (converted weights, a run cut short): the latest
+    order = [best] + [s for s in order if s != best]
   errors = []
   for step in order:
     try:
@@ -211,7 +243,7 @@ def _metrics(workdir) -> dict:
       try:
         with open(path) as f:
           metrics = json.load(f)
-        # Every metrics file this project writes holds the step's mIoU, which orbax's best-checkpoint choice reads.
+        # Every metrics file this project writes holds the step's mIoU, which the choice of 'best' reads.
         out[step] = metrics if isinstance(metrics, dict) and isinstance(metrics.get('miou'), (int, float)) \
             else 'unreadable'
       except (OSError, ValueError):

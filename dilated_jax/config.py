@@ -56,7 +56,8 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
           workers=-1,  # processes building training batches (grain): -1 one per available core, 0 in this process
           synthetic=synthetic.default_config(),
       ),
-      eval=dict(split='val', tile=(528, 528), batch_size=8),
+      # tiles_per_device: tiles a device runs through the network at once, whatever an image's size (memory bound).
+      eval=dict(split='val', tile=(528, 528), batch_size=8, tiles_per_device=8),
   ))
   if preset is not None:
     cfg.data.update(name=preset, dir='data')

@@ -33,7 +33,8 @@ def draw(cfg, workdirs, split: str, indices) -> np.ndarray:
   for workdir in workdirs:
     params = checkpoint.load_params(workdir, 'best')
     weights.check_params(params, cfg.model, workdir)  # a layer of another shape: one line naming it
-    predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context='context_module' in params)
+    predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context='context_module' in params,
+                        tiles_per_device=cfg.eval.tiles_per_device)
     params = jax.device_put(params, sharding.replicated(mesh))
     fill = [np.zeros_like(images[0])] * (mesh.size - 1)  # one image per call, the batch filled up per device
     probs = [predictor.probabilities(params, [im] + fill)[0] for im in images]

@@ -13,6 +13,7 @@ the dataset's palette, as the authors' predict.py), OUT/<stem>_overlay.png (the 
 padding 186, the preset's tiles, softmax, x8 zoom (or Cityscapes' bilinear deconvolution).
 """
 
+import math
 import os
 import warnings
 
@@ -29,21 +30,36 @@ from dilated_jax.evaluate import Predictor
 from dilated_jax.models import model_config
 
 
-def read_image(path: str) -> np.ndarray:
-  """RGB uint8 (H, W, 3); an unreadable, truncated or non-image file, or one of other channels, raises ValueError
-  naming it."""
+# Pixels of an image counted on its tile grid (each side rounded up to whole tiles): what predict's memory grows
+# with. 2^25 is 8192 x 4096, 16 Cityscapes images; --max_pixels raises it (docs/decisions.md).
+MAX_PIXELS = 2 ** 25
+
+
+def grid_pixels(hw, tile) -> int:
+  """Pixels of an (h, w) image once each side is rounded up to whole tiles."""
+  return math.prod(-(-int(n) // int(t)) * int(t) for n, t in zip(hw, tile))
+
+
+def read_image(path: str, tile=(1, 1), max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """RGB uint8 (H, W, 3); an unreadable, truncated or non-image file, one of other channels, or one of more than
+  `max_pixels` on the `tile` grid (checked from its header, before decoding) raises ValueError naming it."""
   try:
     with warnings.catch_warnings():
       # PIL only warns up to twice its pixel limit (Image.MAX_IMAGE_PIXELS): a file that big is refused here.
       warnings.simplefilter('error', Image.DecompressionBombWarning)
       with Image.open(path) as im:
-        mode, channels = im.mode, len(im.getbands())
-        rgb = np.asarray(im.convert('RGB')) if mode in IMAGE_MODES else None
+        mode, channels, (w, h) = im.mode, len(im.getbands()), im.size
+        size = grid_pixels((h, w), tile)
+        decode = mode in IMAGE_MODES and size <= max_pixels
+        rgb = np.asarray(im.convert('RGB')) if decode else None
   except FileNotFoundError:
     raise FileNotFoundError(f'{path}: no such image file') from None
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,  # SyntaxError: some broken headers
           Image.DecompressionBombWarning) as e:
     raise ValueError(f'{path}: not a readable image ({e})') from None
+  if size > max_pixels:
+    raise ValueError(f'{path}: {h} x {w} pixels, {size} on the network\'s {tile[0]} x {tile[1]} tiles: more than '
+                     f'--max_pixels={max_pixels} (memory grows with it)')
   if rgb is None:
     raise ValueError(f'{path}: expected an 8-bit grey, palette, RGB, RGBA or CMYK image, got {channels} channels of '
                      f'mode {mode}')
@@ -85,7 +101,7 @@ FLAGS = flags.FLAGS
 
 
 def network():
-  """(model config, dataset info, tile, params, with_context) from --config/--workdir or --preset/--weights."""
+  """(model config, dataset info, tile, params, with_context, tiles per device) from --config/--workdir or --preset/--weights."""
   run = FLAGS.config is not None or FLAGS.workdir is not None
   released = FLAGS.preset is not None or FLAGS.weights is not None
   if run == released:
@@ -99,25 +115,26 @@ def network():
     cfg = FLAGS.config
     params = checkpoint.load_params(FLAGS.workdir, FLAGS.checkpoint)
     weights.check_params(params, cfg.model, FLAGS.workdir)  # a layer of another shape: one line naming it
-    return cfg.model, datasets.dataset_info(cfg.data), cfg.eval.tile, params, 'context_module' in params
+    return (cfg.model, datasets.dataset_info(cfg.data), cfg.eval.tile, params, 'context_module' in params,
+            cfg.eval.tiles_per_device)
   if FLAGS.preset is None or FLAGS.weights is None:
     raise ValueError('--preset and --weights: released weights need both')
   model_cfg = model_config(FLAGS.preset)
   model_cfg.front_end.width = FLAGS.width
   info = DATASETS[FLAGS.preset]
   params, with_context = weights.network_params(FLAGS.weights, model_cfg, info.mean_bgr, FLAGS.checkpoint)
-  return model_cfg, info, info.tile, params, with_context
+  return model_cfg, info, info.tile, params, with_context, FLAGS.tiles_per_device
 
 
 def main(argv):
   paths = argv[1:]
   if not paths:
     raise ValueError('no images given: expected image files after the flags')
-  images = [read_image(p) for p in paths]  # every file is checked before anything is written
   stems = output_stems(paths, FLAGS.output_dir, ('.png', '_overlay.png') + (('.npy',) if FLAGS.save_probs else ()))
-  model_cfg, info, tile, params, with_context = network()
+  model_cfg, info, tile, params, with_context, tiles_per_device = network()
+  images = [read_image(p, tile, FLAGS.max_pixels) for p in paths]  # every file is checked before anything is written
   mesh = sharding.make_mesh()
-  predictor = Predictor(model_cfg, info, tile, mesh, with_context=with_context)
+  predictor = Predictor(model_cfg, info, tile, mesh, with_context=with_context, tiles_per_device=tiles_per_device)
   params = jax.device_put(params, sharding.replicated(mesh))
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   for path, image, stem in zip(paths, images, stems):
@@ -141,6 +158,10 @@ if __name__ == '__main__':
   flags.DEFINE_float('width', 1.0, "with --preset: front_end.width of the weights' network (1: the paper's)")
   flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'which checkpoint of the workdir')
   flags.DEFINE_string('output_dir', None, 'where the PNGs go')
+  flags.DEFINE_integer('max_pixels', MAX_PIXELS, 'refuse images of more pixels, each side rounded up to whole '
+                       'tiles (memory grows with it)', lower_bound=1)
+  flags.DEFINE_integer('tiles_per_device', 8, 'with --preset: tiles a device runs at once (memory bound); with '
+                       '--config: its eval.tiles_per_device', lower_bound=1)
   flags.DEFINE_bool('save_probs', False, 'also write <stem>.npy: full-resolution class probabilities')
   flags.mark_flags_as_required(['output_dir'])
   cli.run(main)

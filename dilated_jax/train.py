@@ -219,7 +219,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   for split, source in (('train', train_source), (cfg.eval.split, val_source)):
     if not len(source):
       raise ValueError(f'data: the {split} split of {info.name} holds no images')
-  predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=stage != 'frontend')
+  predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=stage != 'frontend',
+                        tiles_per_device=cfg.eval.tiles_per_device)
   make_example, crop = image_examples(cfg, train_source, model, info)
   if stage != 'frontend' and not cfg.init_from and not cfg.init_weights:
     raise ValueError(f'init_from: stage {stage} starts from the workdir of the previous stage; none given')
@@ -262,7 +263,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   # --- the stage's inputs and forward pass
   workers = pipeline.resolve_workers(cfg.data.workers)
   if stage == 'context':
-    front_end = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=False)
+    front_end = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=False,
+                        tiles_per_device=cfg.eval.tiles_per_device)
     # Beside the front end that computed them, where the other context runs from it find them.
     folder = cfg.init_from if os.access(cfg.init_from, os.W_OK) else workdir
     cache = score_cache.cached_scores(folder, train_source, front_end, {'front_end': state['params']['front_end']},
@@ -333,14 +335,18 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
         log.progress(step, {'loss': float(acc['loss']) / n, 'accuracy': float(acc['accuracy']) / n,
                             'miou': metrics.scores(acc['confusion'])['miou']})
         acc = None
-      if evaluate_now:
-        result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size, workers)
-        log.write(step, {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, cfg.eval.split)
-        if jax.process_index() == 0:
-          logging.info('step %d: %s mIoU %.4f', step, cfg.eval.split, result['miou'])
-      if save_now:
-        checkpoint.save(mngr, step, state, metrics={'miou': result['miou']} if evaluate_now else None,
-                        force=True)
+      if save_now:  # before the evaluation, which may fail or be preempted: the interval's training is kept
+        checkpoint.save(mngr, step, state, force=True)
+      if evaluate_now and not stop_now:
+        result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size, workers,
+                          stop=None if several else lambda: stop['signal'] is not None)
+        if result is None:  # SIGTERM during the evaluation: the step's checkpoint is written, exit now
+          stop_now = True
+        else:
+          log.write(step, {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, cfg.eval.split)
+          checkpoint.record_miou(mngr, workdir, step, result['miou'])
+          if jax.process_index() == 0:
+            logging.info('step %d: %s mIoU %.4f', step, cfg.eval.split, result['miou'])
       if stop_now:
         logging.warning('preempted (SIGTERM): checkpoint at step %d written, exiting', step)
         break
@@ -364,7 +370,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
 
 # Counts a run needs at least: field -> minimum (eval_every 0: at the end only; data.workers -1: one per core).
 MINIMUMS = {'batch_size': 1, 'total_steps': 1, 'log_every': 1, 'checkpoint_every': 1, 'keep_checkpoints': 1,
-            'eval_every': 0, 'eval.batch_size': 1, 'data.workers': -1}
+            'eval_every': 0, 'eval.batch_size': 1, 'eval.tiles_per_device': 1, 'data.workers': -1}
 
 
 def check_settings(cfg):

@@ -129,6 +129,17 @@ def test_bilinear_zoom_inside_matches_interp_map():
   np.testing.assert_allclose(ours[::8, ::8], prob, rtol=1e-6)  # corner-aligned: pixel 8i is cell i exactly
 
 
+def test_bilinear_zoom_memory_is_linear_in_the_output():
+  """No array of the zoom (constants included) is larger than its output: a 7500-cell row zoomed to 60000 pixels
+  needs kilobytes, where (out x in) interpolation matrices took 1.8 GB."""
+  x = jax.ShapeDtypeStruct((1, 1, 7500, 2), jnp.float32)
+  jaxpr = jax.make_jaxpr(lambda v: layers.bilinear_zoom(v, 8, (8, 60000)))(x)
+  out_size = 8 * 60000 * 2
+  sizes = [np.size(c) for c in jaxpr.consts]
+  for eqn in jaxpr.eqns:
+    sizes += [np.prod(v.aval.shape) for v in eqn.outvars]
+  assert max(sizes) <= out_size, max(sizes)
+
 def test_bilinear_zoom_edge_repeats_last_cell():
   """Past the last cell (full 8h x 8w output) ours behaves as interp_map on a map whose last row/column is repeated."""
   prob = np.random.default_rng(5).random((4, 6, 2)).astype(np.float32)

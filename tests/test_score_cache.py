@@ -184,7 +184,8 @@ def front_end():
   cfg = tiny()
   info = datasets.dataset_info(cfg.data)
   mesh = sharding.make_mesh(jax.devices()[:2])
-  predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=False)
+  predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=False,
+                        tiles_per_device=cfg.eval.tiles_per_device)
   params = jax.jit(build_model(cfg.model, with_context=False).init)(jax.random.key(0), np.zeros((1, 40, 40, 3)))
   return cfg, predictor, params['params'], datasets.get_source(cfg.data, 'train')
 

@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from dilated_jax import checkpoint, config
 from dilated_jax.train import train
@@ -84,9 +85,19 @@ def test_batch_that_does_not_split_over_devices_is_refused(tmp_path):
     train(tiny(batch_size=12), str(tmp_path / 'b'))
 
 
-def run_module(*args, cwd=ROOT):
+# python -c PEAK_RSS module args...: runs the module as `python -m` would, then logs the process's peak memory.
+PEAK_RSS = """
+import atexit, resource, runpy, sys
+atexit.register(lambda: print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+"""
+
+
+def run_module(*args, cwd=ROOT, code=None):
+  """python -m args, or with `code`: python -c code args."""
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='')
-  return subprocess.run([sys.executable, '-m', *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.run([sys.executable, *(('-c', code) if code else ('-m',)), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_evaluate_and_predict_entry_points(tmp_path):
@@ -116,10 +127,23 @@ def test_evaluate_and_predict_entry_points(tmp_path):
   assert not out.exists()  # nothing written when one of the images is bad
   r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={out}', '--save_probs', scene)
   assert r.returncode == 0, r.stderr[-2000:]
-  from PIL import Image
   assert Image.open(out / 'test_0000.png').size == (128, 128)  # the scene files are full-size (128 px)
   probs = np.load(out / 'test_0000.npy')
   assert probs.shape == (128, 128, 5) and np.allclose(probs.sum(-1), 1, atol=1e-5)
+  # A thin image of a few hundred bytes: memory linear in its pixels (dense zoom matrices and all tiles in one batch
+  # took 3.4 GB for 20000 x 1), and past --max_pixels (counted on the tile grid) refused before decoding.
+  thin = tmp_path / 'thin.png'
+  Image.fromarray(np.full((1, 20000, 3), 100, np.uint8)).save(thin)
+  r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={out}', str(thin), code=PEAK_RSS)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert Image.open(out / 'thin.png').size == (20000, 1)
+  peak_mb = int(re.search(r'peak_rss_kb (\d+)', r.stderr).group(1)) / 1024
+  assert peak_mb < 1500, f'predict of a 20000 x 1 image peaked at {peak_mb:.0f} MB'
+  r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={out}', '--max_pixels=500000',
+                 str(thin))
+  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+      f'error: {thin}: 1 x 20000 pixels, 640000 on the network\'s 32 x 32 tiles: more than --max_pixels=500000 '
+      '(memory grows with it)'), r.stderr[-2000:]
   # A config whose network does not match the checkpoint: one line naming the layer and both shapes.
   wider = [*cfg_flags, '--config.model.front_end.fc_channels=16', f'--workdir={work}']
   for module, extra in (('dilated_jax.evaluate', ['--split=test', '--config.data.synthetic.test_size=4']),
@@ -130,8 +154,30 @@ def test_evaluate_and_predict_entry_points(tmp_path):
                      r.stderr.strip().splitlines()[-1]), r.stderr[-2000:]
 
 
+
+def test_tiles_run_through_the_network_in_bounded_chunks_with_the_same_scores():
+  """A device runs eval.tiles_per_device tiles at a time: 8 tiles need about the memory of 2, and score as one batch."""
+  from dilated_jax import data as datasets, sharding
+  from dilated_jax.evaluate import Predictor
+
+  cfg = config.load(os.path.join(ROOT, 'experiments/synthetic.py:stage=frontend'))  # activations outweigh the tiles
+  cfg.eval.tile = (32, 32)
+  info, mesh = datasets.dataset_info(cfg.data), sharding.make_mesh(jax.devices()[:1])
+  side = cfg.eval.tile[0] + 2 * Predictor(cfg.model, info, cfg.eval.tile, mesh).margin
+  tiles = np.random.default_rng(0).normal(size=(8, side, side, 3)).astype(np.float32)
+  scores, temp = {}, {}
+  for k in (1, 8):
+    predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=False, tiles_per_device=k)
+    params = predictor.model.init(jax.random.key(0), tiles[:1])['params']
+    scores[k] = np.asarray(predictor.scores_fn((1, 8))(params, tiles))
+    temp[k] = {n: predictor.scores_fn((1, n)).lower(params, tiles[:n]).compile().memory_analysis().temp_size_in_bytes
+               for n in (2, 8)}
+  np.testing.assert_allclose(scores[1], scores[8], rtol=1e-5, atol=1e-5)
+  # Each tile past 2 adds its input and scores in chunks of 1; as one batch, all of its activations too.
+  assert temp[1][8] - temp[1][2] < 0.25 * (temp[8][8] - temp[8][2]), temp
+
 @pytest.mark.parametrize('field,value', [('checkpoint_every', 0), ('log_every', 0), ('batch_size', 0),
-                                         ('keep_checkpoints', 0), ('keep_checkpoints', -1), ('eval.batch_size', 0),
+                                         ('keep_checkpoints', 0), ('keep_checkpoints', -1), ('eval.batch_size', 0), ('eval.tiles_per_device', 0),
                                          ('data.workers', -2), ('total_steps', 0)])
 def test_counts_a_run_cannot_use_are_one_line_naming_the_field(tmp_path, field, value):
   cfg = tiny()
@@ -188,3 +234,62 @@ def test_predict_refuses_outputs_that_would_overwrite_an_input_or_each_other(tmp
     output_stems([str(a)], str(tmp_path / 'in'))
   with pytest.raises(ValueError, match=r'in/a\.png and .*other/a\.jpg would both be written to .*out/a\.png'):
     output_stems([str(a), str(b)], str(tmp_path / 'out'))
+
+
+def test_a_failing_evaluation_keeps_the_checkpoint_of_its_step(tmp_path, monkeypatch):
+  """The save comes first: an evaluation that fails (a bug, an OOM) costs no training."""
+  import dilated_jax.train as train_module
+
+  def failing(*args, **kwargs):
+    raise RuntimeError('out of memory in the evaluation')
+
+  monkeypatch.setattr(train_module, 'evaluate', failing)
+  with pytest.raises(RuntimeError, match='out of memory'):
+    train(tiny(total_steps=2, eval_every=2, checkpoint_every=2), str(tmp_path / 'w'))
+  assert checkpoint.steps(str(tmp_path / 'w')) == [2]
+
+
+def test_sigterm_during_an_evaluation_exits_within_a_batch_with_the_checkpoint(tmp_path, monkeypatch):
+  """A scheduler's grace period is shorter than a validation set: the flag is read between evaluation batches."""
+  import signal
+  from dilated_jax.evaluate import Predictor
+
+  calls = []
+  confusion = Predictor.confusion
+
+  def terminated_in_the_first_batch(self, *args):
+    calls.append(1)
+    if len(calls) == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return confusion(self, *args)
+
+  monkeypatch.setattr(Predictor, 'confusion', terminated_in_the_first_batch)
+  cfg = tiny(total_steps=4, eval_every=2, checkpoint_every=4)
+  cfg.data.synthetic.val_size = 64  # 8 batches of one image per device
+  with pytest.raises(SystemExit) as stopped:
+    train(cfg, str(tmp_path / 'w'))
+  assert stopped.value.code == 128 + signal.SIGTERM
+  assert len(calls) == 1, f'{len(calls)} of 8 evaluation batches ran after the SIGTERM'
+  assert checkpoint.steps(str(tmp_path / 'w')) == [2]
+  records = [json.loads(line) for line in open(tmp_path / 'w' / 'metrics.jsonl')]
+  assert not [r for r in records if r['kind'] == 'val']  # the abandoned evaluation is not recorded
+
+
+def test_retention_keeps_the_newest_and_the_best_recorded_step_and_best_reads_it(tmp_path, monkeypatch):
+  """mIoU recorded after each save: keep_checkpoints=1 leaves the newest step and the best one, which 'best' loads."""
+  import dilated_jax.train as train_module
+
+  miou = {2: 0.5, 4: 0.9, 6: 0.1, 8: 0.2}
+  params_at = {}
+
+  def scripted(predictor, params, *args, **kwargs):
+    step = 2 * (len(params_at) + 1)
+    params_at[step] = jax.device_get(params)
+    return {'miou': miou[step], 'pixel_accuracy': 0.0, 'iou': dict.fromkeys(args[1].class_names, miou[step])}
+
+  monkeypatch.setattr(train_module, 'evaluate', scripted)
+  workdir = str(tmp_path / 'w')
+  train(tiny(total_steps=8, eval_every=2, checkpoint_every=2, keep_checkpoints=1), workdir)
+  assert checkpoint.steps(workdir) == [4, 8]
+  assert_trees_equal(checkpoint.load_params(workdir, 'best'), params_at[4])
+  assert_trees_equal(checkpoint.load_params(workdir, 'latest'), params_at[8])

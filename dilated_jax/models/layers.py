@@ -65,27 +65,37 @@ def max_pool_ceil(x):
       ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
 
 
-def zoom_matrix(n_in: int, n_out: int, zoom: int) -> np.ndarray:
-  """(n_out, n_in) weights of the authors' corner-aligned interpolation: out[h] blends in[h // z] and in[h // z + 1].
+def zoom_taps(n_in: int, n_out: int, zoom: int):
+  """The authors' corner-aligned interpolation in one dimension: out[h] = (1 - t) in[r0] + t in[r1], r0 = h // z,
+  r1 = r0 + 1, t = (h % z) / z, as three (n_out,) arrays.
 
   util.py's `interp_map` reads one cell past h // z; past the last cell we repeat the edge (the authors' tiles always
   have that cell, since the network sees the reflected margin).
   """
-  m = np.zeros((n_out, n_in), np.float32)
-  for h in range(n_out):
-    r0, t = h // zoom, (h % zoom) / zoom
-    m[h, min(r0, n_in - 1)] += 1.0 - t
-    m[h, min(r0 + 1, n_in - 1)] += t
-  return m
+  h = np.arange(n_out)
+  r0 = h // zoom
+  return (np.minimum(r0, n_in - 1).astype(np.int32), np.minimum(r0 + 1, n_in - 1).astype(np.int32),
+          ((h % zoom) / zoom).astype(np.float32))
+
+
+def _zoom_axis(x, axis: int, n_out: int, zoom: int):
+  r0, r1, t = zoom_taps(x.shape[axis], n_out, zoom)
+  shape = [1] * x.ndim
+  shape[axis] = n_out
+  t = jnp.asarray(t, x.dtype).reshape(shape)
+  x0 = jnp.take(x, r0, axis=axis)
+  return x0 + t * (jnp.take(x, r1, axis=axis) - x0)  # exactly x0 where r1 == r0 (the repeated edge)
 
 
 def bilinear_zoom(x, zoom: int = 8, out_hw: tuple[int, int] | None = None):
-  """Corner-aligned bilinear upsampling of NHWC maps (paper.md 1.4, zoom = 8): output pixel (h, w) reads (h/z, w/z)."""
+  """Corner-aligned bilinear upsampling of NHWC maps (paper.md 1.4, zoom = 8): output pixel (h, w) reads (h/z, w/z).
+
+  Separable and gathered (two taps per output row, then per column): memory linear in the output's pixels, where
+  (out x in) interpolation matrices grow with the square of a side (a 60000 x 1 image needed gigabytes).
+  """
   h, w = x.shape[1:3]
   out_h, out_w = out_hw or (h * zoom, w * zoom)
-  mh = jnp.asarray(zoom_matrix(h, out_h, zoom), x.dtype)
-  mw = jnp.asarray(zoom_matrix(w, out_w, zoom), x.dtype)
-  return jnp.einsum('Hh,nhwc,Ww->nHWc', mh, x, mw, precision=jax.lax.Precision.HIGHEST)
+  return _zoom_axis(_zoom_axis(x, 1, out_h, zoom), 2, out_w, zoom)
 
 
 def bilinear_kernel_1d(kernel: int = 16) -> np.ndarray:
