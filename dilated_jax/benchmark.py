@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dilated_jax import cli, sharding
+from dilated_jax import InputError, cli, sharding
 from dilated_jax import config as config_lib
 from dilated_jax import data as datasets
 from dilated_jax.data import pipeline
@@ -477,7 +477,7 @@ def overlap_benchmark(cfg, workers: list[int], steps: int, windows: int, devices
   each fed phase is compared with the constant phases on either side (this machine's speed drifts).
   """
   if cfg.stage == 'context':
-    raise ValueError('--config: the context stage trains on cached scores, not images; give a frontend or joint stage')
+    raise InputError('--config: the context stage trains on cached scores, not images; give a frontend or joint stage')
   load_before = list(os.getloadavg())
   mesh = sharding.make_mesh(devices)
   info = datasets.dataset_info(cfg.data)
@@ -565,18 +565,18 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   if FLAGS.input and FLAGS.input_overlap:
-    raise ValueError('--input_overlap: give --input or --input_overlap, not both')
+    raise InputError('--input_overlap: give --input or --input_overlap, not both')
   if FLAGS.input_overlap:
     if FLAGS.config is None:
-      raise ValueError('--config: --input_overlap needs a training config, e.g. '
+      raise InputError('--config: --input_overlap needs a training config, e.g. '
                        'experiments/synthetic.py:stage=frontend')
     try:
       workers = [int(w) for w in FLAGS.overlap_workers.split(',')]
     except ValueError:
-      raise ValueError(f'--overlap_workers: expected worker counts such as 0,1,2, got '
+      raise InputError(f'--overlap_workers: expected worker counts such as 0,1,2, got '
                        f'{FLAGS.overlap_workers!r}') from None
     if min(workers) < 0 or FLAGS.steps < 1 or FLAGS.windows < 1:
-      raise ValueError('--overlap_workers, --steps, --windows: expected counts >= 0, >= 1 and >= 1')
+      raise InputError('--overlap_workers, --steps, --windows: expected counts >= 0, >= 1 and >= 1')
     devices = jax.devices()[:FLAGS.devices] if FLAGS.devices else None
     result = overlap_benchmark(FLAGS.config, workers, FLAGS.steps, FLAGS.windows, devices)
     print(overlap_report(result))
@@ -584,11 +584,11 @@ def main(argv):
     return
   crop = tuple(int(v) for v in FLAGS.crop.split(','))
   if len(crop) != 2:
-    raise ValueError(f'--crop: expected H,W, got {FLAGS.crop!r}')
+    raise InputError(f'--crop: expected H,W, got {FLAGS.crop!r}')
   if FLAGS.input:
     max_workers = pipeline.resolve_workers(FLAGS.max_workers)
     if max_workers < 1 or FLAGS.seconds <= 0:
-      raise ValueError(f'--max_workers: expected -1 (the cores available) or >= 1, got {FLAGS.max_workers}'
+      raise InputError(f'--max_workers: expected -1 (the cores available) or >= 1, got {FLAGS.max_workers}'
                        if max_workers < 1 else f'--seconds: expected > 0, got {FLAGS.seconds}')
     presets = sorted(PRESET_EXPERIMENTS) if FLAGS.preset == 'all' else [FLAGS.preset]
     results = []
@@ -601,7 +601,7 @@ def main(argv):
     write_output(FLAGS.output, results)
     return
   if FLAGS.preset == 'all':
-    raise ValueError('--preset: all is for --input; the step benchmark takes one preset')
+    raise InputError('--preset: all is for --input; the step benchmark takes one preset')
   devices = jax.devices()[:FLAGS.devices] if FLAGS.devices else None
   logging.info('benchmarking %s %s', FLAGS.preset, FLAGS.stage)
   result = benchmark(FLAGS.preset, FLAGS.stage, FLAGS.batch, crop, FLAGS.dtype, devices, FLAGS.runs, FLAGS.warmup,

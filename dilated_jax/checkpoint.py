@@ -18,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from dilated_jax import InputError
+
 # Where resuming moves the checkpoints it found unreadable, beside checkpoints/: out of orbax's way (it would refuse
 # to save a step whose folder exists), kept for a person to look at.
 CORRUPT = 'corrupt_checkpoints'
@@ -96,7 +98,7 @@ def _strays(workdir: str) -> list[str]:
   return sorted(n for n in os.listdir(path) if n.isdigit() and not _is_step_name(n)) if os.path.isdir(path) else []
 
 
-class Mismatch(ValueError):
+class Mismatch(InputError):
   """A checkpoint that reads back but holds another model or stage than the config's: an error, never set aside."""
 
 
@@ -130,7 +132,7 @@ def restore_latest(workdir: str, abstract_state):
     _set_aside(workdir, [str(b) for b in bad] + strays)
     return state, step
   if bad:
-    raise ValueError(f'{os.path.join(os.path.abspath(workdir), "checkpoints")}: no checkpoint reads back '
+    raise InputError(f'{os.path.join(os.path.abspath(workdir), "checkpoints")}: no checkpoint reads back '
                      f'({"; ".join(errors)}); move them away to start afresh')
   _set_aside(workdir, strays)
   return None, None
@@ -158,7 +160,7 @@ def load_params(workdir: str, which: str = 'latest') -> dict:
       logging.warning('checkpoint %s does not read back (%s): trying the one before', step_dir(workdir, step),
                       _one_line(e))
       errors.append(f'{step}: {_one_line(e)}')
-  raise ValueError(f'{path}: no checkpoint reads back ({"; ".join(errors)})')
+  raise InputError(f'{path}: no checkpoint reads back ({"; ".join(errors)})')
 
 
 def step_dir(workdir: str, step: int) -> str:
@@ -176,7 +178,7 @@ def _read(path: str, abstract_state, step: int):
   with _quiet_unraisable(), ocp.Checkpointer(handler) as ckpt:
     meta = (ckpt.metadata(path).item_metadata or {}).get('state')
     if not meta or not {'step', 'params'} <= set(meta):  # orbax only warns when the metadata does not read back
-      raise ValueError('its metadata does not read back')
+      raise InputError('its metadata does not read back')
     if abstract_state is None:
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       abstract_state = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
@@ -185,7 +187,7 @@ def _read(path: str, abstract_state, step: int):
     state = ckpt.restore(path, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']
   saved = int(np.asarray(state['step'].addressable_data(0)))
   if saved != step:
-    raise ValueError(f'holds step {saved}')
+    raise InputError(f'holds step {saved}')
   return state
 
 

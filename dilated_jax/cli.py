@@ -4,9 +4,10 @@ import functools
 import importlib.metadata
 import os
 import sys
-import zipfile
 
 from absl import logging
+
+from dilated_jax import InputError
 
 # XLA CPU routes convolutions to YNNPACK by default, 2-3.5x slower here on unpadded and thin convolutions
 # (../shared/MEASURED.md). The flag is experimental and an unknown XLA flag aborts the process, so it is set only
@@ -28,10 +29,10 @@ def configure_xla():
     os.environ['XLA_FLAGS'] = f'{flags} {_NO_YNN_CONV}'.strip()
 
 
-# Errors that mean bad input or settings: shown as one line, exit code 2. Anything else is a bug: full traceback.
-# OSError: missing, unreadable or unwritable files; BadZipFile: a broken .pth or .npz; FloatingPointError: training
-# stopped at a non-finite step.
-USER_ERRORS = (ValueError, OSError, KeyError, zipfile.BadZipFile, FloatingPointError)
+# Errors that mean bad input or settings: shown as one line, exit code 2. InputError is raised wherever a file, a
+# config field or a flag is checked; OSError is the filesystem saying no (a missing file, a permission, a full
+# disk). Anything else (a ValueError of a shape bug in an edited model, a KeyError) is a bug: full traceback.
+USER_ERRORS = (InputError, OSError)
 
 
 def quiet_libraries():
@@ -85,9 +86,8 @@ def entry_point(main):
     except USER_ERRORS as e:
       if os.environ.get('DILATED_JAX_DEBUG'):
         raise
-      message = e.args[0] if isinstance(e, KeyError) and e.args else e
       logging.flush()
-      print('error: ' + ' '.join(str(message).split()), file=sys.stderr)  # one line, whatever a library raised
+      print('error: ' + ' '.join(str(e).split()), file=sys.stderr)  # one line, whatever a library raised
       sys.exit(2)
 
   return wrapped

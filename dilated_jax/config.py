@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from dilated_jax import InputError
 from dilated_jax.data import synthetic
 from dilated_jax.data.info import DATASETS
 from dilated_jax.models import model_config
@@ -19,9 +20,9 @@ def parse_arg(arg: str | None, **defaults) -> dict:
   for item in filter(None, (arg or '').split(',')):
     key, sep, value = item.partition('=')
     if not sep or key not in defaults:
-      raise ValueError(f'config argument {item!r}: expected key=value with key one of {sorted(defaults)}')
+      raise InputError(f'config argument {item!r}: expected key=value with key one of {sorted(defaults)}')
     if key in choices and value not in choices[key]:
-      raise ValueError(f'config argument {item!r}: expected {key} to be one of {choices[key]}')
+      raise InputError(f'config argument {item!r}: expected {key} to be one of {choices[key]}')
     out[key] = value
   return out
 
@@ -75,7 +76,7 @@ def urban_frontend(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def finalize(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks the stage and locks the config, so that a mistyped override is an error."""
   if cfg.stage not in STAGES:
-    raise ValueError(f'stage: expected one of {STAGES}, got {cfg.stage!r}')
+    raise InputError(f'stage: expected one of {STAGES}, got {cfg.stage!r}')
   cfg.lock()
   return cfg
 

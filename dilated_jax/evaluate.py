@@ -19,7 +19,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from dilated_jax import checkpoint, cli, metrics, progress, sharding, weights
+from dilated_jax import InputError, checkpoint, cli, metrics, progress, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax.data import pipeline, tiling
 from dilated_jax.models import build_model, upsample_probabilities
@@ -64,9 +64,9 @@ class Predictor:
     self.margin, self.stride = fe.margin, fe.stride
     self.tile = tuple(int(t) for t in tile)
     if any(t % self.stride for t in self.tile):
-      raise ValueError(f'eval.tile: expected multiples of the output stride {self.stride}, got {self.tile}')
+      raise InputError(f'eval.tile: expected multiples of the output stride {self.stride}, got {self.tile}')
     if not isinstance(tiles_per_device, int) or tiles_per_device < 1:
-      raise ValueError(f'eval.tiles_per_device: expected an integer >= 1, got {tiles_per_device!r}')
+      raise InputError(f'eval.tiles_per_device: expected an integer >= 1, got {tiles_per_device!r}')
     self.tiles_per_device = tiles_per_device
     self.tiling = tiling.Tiling(self.tile, self.margin, self.stride, self.mean_bgr)
 

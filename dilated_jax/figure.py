@@ -13,7 +13,7 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from dilated_jax import checkpoint, cli, sharding, weights
+from dilated_jax import InputError, checkpoint, cli, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax.evaluate import Predictor
 from dilated_jax.predict import colourise
@@ -25,7 +25,7 @@ def draw(cfg, workdirs, split: str, indices) -> np.ndarray:
   source = datasets.get_source(cfg.data, split)
   for i in indices:
     if not 0 <= i < len(source):
-      raise ValueError(f'--indices: {split} has {len(source)} images, got index {i}')
+      raise InputError(f'--indices: {split} has {len(source)} images, got index {i}')
   pairs = [source[i] for i in indices]
   images = [p[0] for p in pairs]
   columns = [images, [colourise(p[1], info.palette) for p in pairs]]
@@ -50,7 +50,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   if argv[1:]:
-    raise ValueError(f'unexpected arguments {argv[1:]}: everything is given by flags')
+    raise InputError(f'unexpected arguments {argv[1:]}: everything is given by flags')
   indices = [int(i) for i in FLAGS.indices.split(',')]
   picture = draw(FLAGS.config, FLAGS.workdirs.split(','), FLAGS.split, indices)
   Image.fromarray(picture).save(FLAGS.output)

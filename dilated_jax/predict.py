@@ -23,7 +23,7 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from dilated_jax import checkpoint, cli, sharding, weights
+from dilated_jax import InputError, checkpoint, cli, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax.data.info import DATASETS, IMAGE_MODES
 from dilated_jax.evaluate import Predictor
@@ -56,12 +56,12 @@ def read_image(path: str, tile=(1, 1), max_pixels: int = MAX_PIXELS) -> np.ndarr
     raise FileNotFoundError(f'{path}: no such image file') from None
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,  # SyntaxError: some broken headers
           Image.DecompressionBombWarning) as e:
-    raise ValueError(f'{path}: not a readable image ({e})') from None
+    raise InputError(f'{path}: not a readable image ({e})') from None
   if size > max_pixels:
-    raise ValueError(f'{path}: {h} x {w} pixels, {size} on the network\'s {tile[0]} x {tile[1]} tiles: more than '
+    raise InputError(f'{path}: {h} x {w} pixels, {size} on the network\'s {tile[0]} x {tile[1]} tiles: more than '
                      f'--max_pixels={max_pixels} (memory grows with it)')
   if rgb is None:
-    raise ValueError(f'{path}: expected an 8-bit grey, palette, RGB, RGBA or CMYK image, got {channels} channels of '
+    raise InputError(f'{path}: expected an 8-bit grey, palette, RGB, RGBA or CMYK image, got {channels} channels of '
                      f'mode {mode}')
   return rgb
 
@@ -73,12 +73,12 @@ def output_stems(paths, output_dir: str, suffixes=('.png', '_overlay.png', '.npy
   for path in paths:
     stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
     if stem in stems:
-      raise ValueError(f'{stems[stem]} and {path} would both be written to {stem}.png: give them different names '
+      raise InputError(f'{stems[stem]} and {path} would both be written to {stem}.png: give them different names '
                        'or predict them into different folders')
     stems[stem] = path
     for suffix in suffixes:
       if os.path.realpath(stem + suffix) in inputs:
-        raise ValueError(f'--output_dir: {stem + suffix} would overwrite the input image '
+        raise InputError(f'--output_dir: {stem + suffix} would overwrite the input image '
                          f'{inputs[os.path.realpath(stem + suffix)]}; choose another output folder')
   return list(stems)
 
@@ -105,20 +105,20 @@ def network():
   run = FLAGS.config is not None or FLAGS.workdir is not None
   released = FLAGS.preset is not None or FLAGS.weights is not None
   if run == released:
-    raise ValueError('expected either --config and --workdir (a training run) or --preset and --weights '
+    raise InputError('expected either --config and --workdir (a training run) or --preset and --weights '
                      '(released weights), ' + ('not both' if run else 'got neither'))
   if run:
     if FLAGS.config is None or FLAGS.workdir is None:
-      raise ValueError('--config and --workdir: a training run needs both')
+      raise InputError('--config and --workdir: a training run needs both')
     if FLAGS['width'].present:
-      raise ValueError('--width: only with --preset (a config sets model.front_end.width)')
+      raise InputError('--width: only with --preset (a config sets model.front_end.width)')
     cfg = FLAGS.config
     params = checkpoint.load_params(FLAGS.workdir, FLAGS.checkpoint)
     weights.check_params(params, cfg.model, FLAGS.workdir)  # a layer of another shape: one line naming it
     return (cfg.model, datasets.dataset_info(cfg.data), cfg.eval.tile, params, 'context_module' in params,
             cfg.eval.tiles_per_device)
   if FLAGS.preset is None or FLAGS.weights is None:
-    raise ValueError('--preset and --weights: released weights need both')
+    raise InputError('--preset and --weights: released weights need both')
   model_cfg = model_config(FLAGS.preset)
   model_cfg.front_end.width = FLAGS.width
   info = DATASETS[FLAGS.preset]
@@ -129,7 +129,7 @@ def network():
 def main(argv):
   paths = argv[1:]
   if not paths:
-    raise ValueError('no images given: expected image files after the flags')
+    raise InputError('no images given: expected image files after the flags')
   stems = output_stems(paths, FLAGS.output_dir, ('.png', '_overlay.png') + (('.npy',) if FLAGS.save_probs else ()))
   model_cfg, info, tile, params, with_context, tiles_per_device = network()
   images = [read_image(p, tile, FLAGS.max_pixels) for p in paths]  # every file is checked before anything is written

@@ -4,6 +4,8 @@ import dataclasses
 import math
 from typing import Sequence
 
+from dilated_jax import InputError
+
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
@@ -41,7 +43,7 @@ def output_size(n: int, layers: Sequence[Layer], padding: str) -> int:
     elif padding.upper() == 'VALID':
       n -= layer.dilation * (layer.kernel - 1)
     if n < 1:
-      raise ValueError(f'input too small: nothing is left after layer {layer.name}')
+      raise InputError(f'input too small: nothing is left after layer {layer.name}')
   return n
 
 

@@ -18,7 +18,7 @@ import time
 from absl import logging
 import numpy as np
 
-from dilated_jax import progress
+from dilated_jax import InputError, progress
 from dilated_jax.data import pipeline, tiling
 from dilated_jax.data.info import IGNORE_LABEL
 
@@ -34,23 +34,23 @@ def npy_header(path: str, dtype: np.dtype, ndim: int) -> tuple[tuple[int, ...], 
       version = np.lib.format.read_magic(f)
       read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
       if read is None:
-        raise ValueError(f'.npy format version {version}, expected 1.0 or 2.0')
+        raise InputError(f'.npy format version {version}, expected 1.0 or 2.0')
       # numpy reads the header's announced length before it checks it: a few bytes could ask for gigabytes.
       length = int.from_bytes(f.read(2 if version == (1, 0) else 4), 'little')
       if length > 10_000:
-        raise ValueError(f'a header of {length} bytes announced, expected at most 10000')
+        raise InputError(f'a header of {length} bytes announced, expected at most 10000')
       f.seek(-(2 if version == (1, 0) else 4), os.SEEK_CUR)
       shape, fortran, found = read(f)  # parsed as literals only
       offset = f.tell()
   except (ValueError, SyntaxError, EOFError) as e:
-    raise ValueError(f'{path}: not a readable .npy file ({str(e).splitlines()[0] if str(e) else type(e).__name__})')
+    raise InputError(f'{path}: not a readable .npy file ({str(e).splitlines()[0] if str(e) else type(e).__name__})')
   if found != dtype or fortran or len(shape) != ndim or any(n < 0 for n in shape):
-    raise ValueError(f'{path}: expected a C-order {dtype} array of {ndim} dimensions, found '
+    raise InputError(f'{path}: expected a C-order {dtype} array of {ndim} dimensions, found '
                      f'{"a Fortran-order" if fortran else "a"} {found} array of shape {shape}')
   expected = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: no overflow
   size = os.path.getsize(path)
   if size != expected:
-    raise ValueError(f'{path}: {size} bytes, but its header ({"x".join(map(str, shape))} {found}) needs {expected}; '
+    raise InputError(f'{path}: {size} bytes, but its header ({"x".join(map(str, shape))} {found}) needs {expected}; '
                      f'the file is {"truncated" if size < expected else "longer than its array"}')
   return tuple(shape), offset
 
@@ -81,7 +81,7 @@ class ScoreCache:
     for name, ndim in ((SCORES, 4), (LABELS, 3)):
       shapes[name], offsets[name] = npy_header(os.path.join(self.path, name), _DTYPES[name], ndim)
     if shapes[LABELS] != shapes[SCORES][:3]:
-      raise ValueError(f'{os.path.join(self.path, LABELS)}: labels of shape {shapes[LABELS]} do not match the scores '
+      raise InputError(f'{os.path.join(self.path, LABELS)}: labels of shape {shapes[LABELS]} do not match the scores '
                        f'{shapes[SCORES]} beside them')
     self.shape, self._offsets = shapes[SCORES], offsets
     fds = {}
@@ -116,7 +116,7 @@ class ScoreCache:
     for name, out in ((SCORES, scores), (LABELS, labels)):
       got = os.preadv(self._fds[name], [out], self._offsets[name] + i * out.nbytes)
       if got != out.nbytes:  # shortened since it was checked
-        raise ValueError(f'{os.path.join(self.path, name)}: image {i} ends past the end of the file (truncated)')
+        raise InputError(f'{os.path.join(self.path, name)}: image {i} ends past the end of the file (truncated)')
     return scores, labels
 
 
@@ -134,9 +134,9 @@ class CacheWriter:
 
   def append(self, scores: np.ndarray, labels: np.ndarray):
     if self.count == self.shape[0]:
-      raise ValueError(f'{self.path}: all {self.shape[0]} images already written')
+      raise InputError(f'{self.path}: all {self.shape[0]} images already written')
     if scores.shape != self.shape[1:] or labels.shape != self.shape[1:3]:
-      raise ValueError(f'{self.path}: image {self.count} has scores {scores.shape} and labels {labels.shape}, '
+      raise InputError(f'{self.path}: image {self.count} has scores {scores.shape} and labels {labels.shape}, '
                        f'expected {self.shape[1:]} and {self.shape[1:3]}')
     self.files[SCORES].write(np.ascontiguousarray(scores, _DTYPES[SCORES]).data)
     self.files[LABELS].write(np.ascontiguousarray(labels, _DTYPES[LABELS]).data)
@@ -145,7 +145,7 @@ class CacheWriter:
   def close(self):
     """Flushes to disk: a cache is renamed into place only once it is whole, also after a power cut."""
     if self.count != self.shape[0]:
-      raise ValueError(f'{self.path}: {self.count} of {self.shape[0]} images written')
+      raise InputError(f'{self.path}: {self.count} of {self.shape[0]} images written')
     for f in self.files.values():
       f.flush()
       os.fsync(f.fileno())
@@ -257,9 +257,9 @@ def _compute(tmp, source, predictor, front_end_params, workers: int, batch_size:
 
   num_classes = predictor.model.front_end.num_classes
   if not len(source):
-    raise ValueError(f'stage context: {getattr(source, "name", "the training set")} has no images')
+    raise InputError(f'stage context: {getattr(source, "name", "the training set")} has no images')
   if num_classes >= IGNORE_LABEL:
-    raise ValueError(f'model.num_classes: the score cache stores labels as uint8 with {IGNORE_LABEL} for void, '
+    raise InputError(f'model.num_classes: the score cache stores labels as uint8 with {IGNORE_LABEL} for void, '
                      f'so at most {IGNORE_LABEL - 1} classes, got {num_classes}')
   mesh, t = predictor.mesh, predictor.tiling
   batch_size = -(-batch_size // mesh.size) * mesh.size
@@ -283,7 +283,7 @@ def _compute(tmp, source, predictor, front_end_params, workers: int, batch_size:
         if size is None:
           size = (h, w)
         if (h, w) != size:
-          raise ValueError(f'stage context: every training image must give score maps of one size (the paper trains '
+          raise InputError(f'stage context: every training image must give score maps of one size (the paper trains '
                            f'the context module on whole images); {pipeline.record_name(source, b * batch_size + j)} '
                            f'gives {h}x{w} cells, the first image {size[0]}x{size[1]}')
         if tmp is not None:

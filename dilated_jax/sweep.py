@@ -22,7 +22,7 @@ import time
 from absl import app, flags, logging
 import numpy as np
 
-from dilated_jax import cli, config as config_lib, receptive_field as rf
+from dilated_jax import InputError, cli, config as config_lib, receptive_field as rf
 from dilated_jax.models import build_model
 
 SPLIT = 'test'
@@ -39,11 +39,11 @@ def load_sweep(path: str) -> list[dict]:
   for run in runs:
     missing = {'name', 'config', 'group', 'seed'} - set(run)
     if missing:
-      raise ValueError(f'{path}: run {run.get("name", run)} lacks {sorted(missing)}')
+      raise InputError(f'{path}: run {run.get("name", run)} lacks {sorted(missing)}')
     if run.get('init_from') and run['init_from'] not in seen:
-      raise ValueError(f'{path}: run {run["name"]} starts from {run["init_from"]}, which is not an earlier run')
+      raise InputError(f'{path}: run {run["name"]} starts from {run["init_from"]}, which is not an earlier run')
     if run['name'] in seen:
-      raise ValueError(f'{path}: two runs are named {run["name"]}')
+      raise InputError(f'{path}: two runs are named {run["name"]}')
     seen.add(run['name'])
   return runs
 
@@ -156,7 +156,7 @@ def main(argv):
                  time.time() - start)
     for command in commands(run, FLAGS.workdir):
       if subprocess.run(command).returncode:
-        raise ValueError(f'sweep: run {run["name"]} failed: {shlex.join(command)}')
+        raise InputError(f'sweep: run {run["name"]} failed: {shlex.join(command)}')
   groups = summarise(runs, FLAGS.workdir)
   write_results(groups, FLAGS.workdir, os.path.splitext(os.path.basename(FLAGS.sweep))[0])
   print(f'sweep of {len(runs)} runs done in {time.time() - start:.0f} s; results in {FLAGS.workdir}')

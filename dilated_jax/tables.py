@@ -15,7 +15,7 @@ import os
 from absl import app, flags
 import numpy as np
 
-from dilated_jax import cli
+from dilated_jax import InputError, cli
 from dilated_jax.paper_results import TABLES
 
 # (dataset, split) -> the paper's tables of it.
@@ -48,7 +48,7 @@ def load_runs(workdirs) -> list[dict]:
         result = json.load(f)
       for key in ('iou', 'miou', 'split'):
         if key not in result:
-          raise ValueError(f'{path}: not an evaluation result (no {key!r})')
+          raise InputError(f'{path}: not an evaluation result (no {key!r})')
       runs.append(dict(
           name=f'{os.path.basename(os.path.normpath(workdir))} ({os.path.splitext(os.path.basename(path))[0]})',
           dataset=result.get('dataset') or config.get('data', {}).get('name'), split=result['split'],
@@ -89,7 +89,7 @@ def paper_table(table: int, runs: list[dict]) -> tuple[list[str], list[list]]:
 def main(argv):
   workdirs = argv[1:]
   if not workdirs:
-    raise ValueError('no workdirs given: expected the workdirs of evaluated runs after the flags')
+    raise InputError('no workdirs given: expected the workdirs of evaluated runs after the flags')
   runs = load_runs(workdirs)
   printed = False
   for (dataset, split), tables in TABLES_OF.items():
@@ -103,7 +103,7 @@ def main(argv):
         with open(os.path.join(FLAGS.output_dir, f'table{table}.csv'), 'w', newline='') as f:
           csv.writer(f).writerows([columns] + [[f'{v:.2f}' if isinstance(v, float) else v for v in r] for r in rows])
   if not printed:
-    raise ValueError(f'none of the runs is on a dataset and split of the paper\'s tables: '
+    raise InputError(f'none of the runs is on a dataset and split of the paper\'s tables: '
                      f'{sorted({(r["dataset"], r["split"]) for r in runs})}')
 
 

@@ -20,7 +20,7 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from dilated_jax import checkpoint, cli, metrics, progress, score_cache, sharding, weights
+from dilated_jax import InputError, checkpoint, cli, metrics, progress, score_cache, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax import receptive_field as rf
 from dilated_jax.data import pipeline
@@ -111,11 +111,11 @@ def image_examples(cfg, source, model, info):
     out_hw = tuple(rf.output_size(c, fe.layers(), fe.padding) for c in crop)
   except ValueError:
     field = rf.receptive_field(fe.layers())[0]
-    raise ValueError(f'data.crop: {crop} is smaller than the receptive field of the front end\'s unpadded layers '
+    raise InputError(f'data.crop: {crop} is smaller than the receptive field of the front end\'s unpadded layers '
                      f'({field} px, model.front_end): nothing is left of it (e.g. {2 * fe.margin + 16 * fe.stride} '
                      f'would do)') from None
   if fe.padding.upper() == 'VALID' and any((c - 2 * fe.margin) % fe.stride for c in crop):
-    raise ValueError(f'data.crop: {crop} cannot be taken by this front end: expected crop - {2 * fe.margin} '
+    raise InputError(f'data.crop: {crop} cannot be taken by this front end: expected crop - {2 * fe.margin} '
                      f'to be a multiple of {fe.stride} (e.g. {2 * fe.margin + 16 * fe.stride})')
 
   make_example = pipeline.ImageExamples(source, info.num_classes, crop=crop, margin=fe.margin, stride=fe.stride,
@@ -205,27 +205,27 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   check_settings(cfg)
   mesh = sharding.make_mesh(devices)
   if cfg.batch_size % mesh.size:
-    raise ValueError(f'batch_size: {cfg.batch_size} does not split over {mesh.size} devices')
+    raise InputError(f'batch_size: {cfg.batch_size} does not split over {mesh.size} devices')
 
   # --- data and model (checked before anything is written)
   info = datasets.dataset_info(cfg.data)
   if cfg.model.num_classes != info.num_classes:
-    raise ValueError(f'model.num_classes: {cfg.model.num_classes}, but {info.name} has {info.num_classes} classes')
+    raise InputError(f'model.num_classes: {cfg.model.num_classes}, but {info.name} has {info.num_classes} classes')
   model = build_model(cfg.model, with_context=stage != 'frontend')
   if stage != 'frontend' and model.context_module is None:
-    raise ValueError(f'model.context.dilations: stage {stage} needs a context module, got none')
+    raise InputError(f'model.context.dilations: stage {stage} needs a context module, got none')
   train_source = datasets.get_source(cfg.data, 'train')
   val_source = datasets.get_source(cfg.data, cfg.eval.split)
   for split, source in (('train', train_source), (cfg.eval.split, val_source)):
     if not len(source):
-      raise ValueError(f'data: the {split} split of {info.name} holds no images')
+      raise InputError(f'data: the {split} split of {info.name} holds no images')
   predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=stage != 'frontend',
                         tiles_per_device=cfg.eval.tiles_per_device)
   make_example, crop = image_examples(cfg, train_source, model, info)
   if stage != 'frontend' and not cfg.init_from and not cfg.init_weights:
-    raise ValueError(f'init_from: stage {stage} starts from the workdir of the previous stage; none given')
+    raise InputError(f'init_from: stage {stage} starts from the workdir of the previous stage; none given')
   if cfg.init_from and cfg.init_weights:
-    raise ValueError('init_weights: give init_from (a workdir) or init_weights (a weights file), not both')
+    raise InputError('init_weights: give init_from (a workdir) or init_weights (a weights file), not both')
 
   workdir = os.path.abspath(workdir)
   _check_writable(workdir)
@@ -253,7 +253,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
       logging.info('from %s: %s; %s', cfg.init_weights, ', '.join(imported.layers), '; '.join(imported.notes))
     state = jax.device_put(_initial_state(params, tx, trainable), repl)
   elif resume_step > cfg.total_steps:  # its evaluation would be labelled with a step its parameters are not from
-    raise ValueError(f'total_steps: {cfg.total_steps}, but {checkpoint.step_dir(workdir, resume_step)} is already '
+    raise InputError(f'total_steps: {cfg.total_steps}, but {checkpoint.step_dir(workdir, resume_step)} is already '
                      f'past it (run to at least {resume_step} steps, or give another --workdir)')
   else:
     logging.info('resumed from %s', checkpoint.step_dir(workdir, resume_step))
@@ -308,7 +308,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
       if not ok:
         records = pipeline.example_indices(s - 1, cfg.batch_size, num_examples, cfg.seed)
         last = checkpoint.steps(workdir)
-        raise FloatingPointError(
+        raise InputError(
             f'step {s}: non-finite loss ({float(loss)}), gradient or update, not applied; its batch holds the '
             f'training records {records.tolist()}; training stopped there, '
             + (f'the last checkpoint, {checkpoint.step_dir(workdir, last[-1])}, is intact' if last
@@ -381,7 +381,7 @@ def check_settings(cfg):
     for key in field.split('.'):
       value = value[key]
     if not isinstance(value, int) or value < least:
-      raise ValueError(f'{field}: expected an integer >= {least}, got {value!r}')
+      raise InputError(f'{field}: expected an integer >= {least}, got {value!r}')
 
 
 def _initial_state(params, tx, trainable):
@@ -405,7 +405,7 @@ def _merge(params, loaded, keys, source):
   out = dict(params)
   for key in keys:
     if key not in loaded:
-      raise ValueError(f'init_from: {source} has no {key} parameters (found {sorted(loaded)})')
+      raise InputError(f'init_from: {source} has no {key} parameters (found {sorted(loaded)})')
     if key not in params:
       continue
     want = jax.tree_util.tree_flatten_with_path(params[key])[0]
@@ -413,9 +413,9 @@ def _merge(params, loaded, keys, source):
     for path, leaf in want:
       name = key + jax.tree_util.keystr(path)
       if path not in got:
-        raise ValueError(f'init_from: {source} lacks {name}')
+        raise InputError(f'init_from: {source} lacks {name}')
       if got[path].shape != leaf.shape:
-        raise ValueError(f'init_from: {name} in {source} has shape {got[path].shape}, the model wants {leaf.shape}')
+        raise InputError(f'init_from: {name} in {source} has shape {got[path].shape}, the model wants {leaf.shape}')
     out[key] = loaded[key]
   return out
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import pytest
 
+from dilated_jax import InputError
 from dilated_jax import data as datasets
 from dilated_jax.models import build_model, context, upsample_probabilities
 
@@ -141,7 +142,7 @@ def test_paper_hyperparameters(name, arg, fields):
     ('kitti_dilation7', 'stage=bogus', 'bogus'), ('cityscapes_dilation10', 'stage=frontend,foo=1', 'foo'),
 ])
 def test_unknown_config_argument_is_an_error_naming_it(name, arg, named):
-  with pytest.raises(ValueError, match=named):
+  with pytest.raises(InputError, match=named):
     load(name, arg)
 
 
@@ -171,3 +172,24 @@ def test_config_typo_on_the_command_line_is_one_line_and_writes_nothing(tmp_path
   last = run.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and 'totl_steps' in last and 'total_steps' in last, last  # 'Did you mean ...'
   assert not workdir.exists()
+
+
+def test_only_input_and_os_errors_become_one_line_and_a_bug_keeps_its_traceback(tmp_path):
+  """An edited model's shape bug raises a plain ValueError (flax, jax): it must reach the user with its traceback."""
+  from dilated_jax import cli
+
+  code = ('import sys\nfrom dilated_jax import InputError, cli\n'
+          'def main(argv):\n  raise {}\ncli.run(main)\n')
+  for error, one_line in [("InputError('data.crop: expected ...')", 'error: data.crop: expected ...'),
+                          ("FileNotFoundError(2, 'No such file or directory', 'x.png')",
+                           "error: [Errno 2] No such file or directory: 'x.png'"),
+                          ("ValueError('front_end')", None), ("KeyError('fc6')", None)]:
+    script = tmp_path / 'entry.py'
+    script.write_text(code.format(error))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    if one_line:
+      assert r.returncode == 2 and r.stderr.strip().splitlines() == [one_line], r.stderr
+    else:
+      assert r.returncode == 1 and 'Traceback' in r.stderr and error.split('(')[0] in r.stderr, r.stderr
+  assert issubclass(cli.USER_ERRORS[0], ValueError)  # callers that catch ValueError keep working

@@ -13,7 +13,7 @@ from PIL import Image
 import pytest
 
 import dataset_fixtures as fixtures
-from dilated_jax import config
+from dilated_jax import InputError, config
 from dilated_jax import data as datasets
 from dilated_jax.data import builder, camvid, check, pipeline
 from dilated_jax.data.info import DATASETS, IGNORE_LABEL
@@ -135,7 +135,7 @@ def test_unprepared_dataset_is_one_line_naming_data_dir_and_the_preparation(tmp_
   message = str(e.value)
   assert '\n' not in message and 'data.dir' in message and str(tmp_path / 'nope') in message
   assert 'python -m dilated_jax.data.prepare --dataset=cityscapes' in message
-  with pytest.raises(ValueError, match='data.variant'):
+  with pytest.raises(InputError, match='data.variant'):
     datasets.get_source(data_cfg('pascal_voc', tmp_path, ''), 'train')
 
 
@@ -178,7 +178,7 @@ def test_broken_file_midway_stops_the_build_and_leaves_no_half_built_dataset(tmp
   broken.write_bytes(broken.read_bytes()[:60])  # a truncated copy
   (tmp_path / 'data').mkdir()  # an existing data dir with another dataset in it stays as it was
   (tmp_path / 'data' / 'other').mkdir()
-  with pytest.raises(ValueError, match=str(broken)):
+  with pytest.raises(InputError, match=str(broken)):
     prepare('camvid', tmp_path / 'CamVid', tmp_path / 'data')
   assert sorted(os.listdir(tmp_path / 'data')) == ['other']
 
@@ -281,7 +281,7 @@ def test_real_camvid_labels_have_the_readme_pixel_counts():
 def test_a_decompression_bomb_image_stops_prepare_with_one_line_naming_it(tmp_path, monkeypatch, limit):
   fixtures.write_kitti(str(tmp_path / 'kitti'))
   monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', limit)  # stands in for a 180 Mpx file of a few hundred bytes
-  with pytest.raises(ValueError, match=r'kitti/.*\.png: cannot read the image .*decompression bomb'):
+  with pytest.raises(InputError, match=r'kitti/.*\.png: cannot read the image .*decompression bomb'):
     prepare('kitti', tmp_path / 'kitti', tmp_path / 'data')
   assert not (tmp_path / 'data').exists()
 
@@ -294,7 +294,7 @@ def test_a_second_preparation_into_the_same_data_dir_is_told_and_touches_nothing
   running.mkdir(parents=True)
   with open(tmp_path / 'data' / '.kitti.prepare.lock', 'a') as held:
     fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with pytest.raises(ValueError, match=r'--data_dir: another preparation of kitti is writing into'):
+    with pytest.raises(InputError, match=r'--data_dir: another preparation of kitti is writing into'):
       prepare('kitti', tmp_path / 'kitti', tmp_path / 'data')
     assert running.is_dir()
   os.remove(tmp_path / 'data' / '.kitti.prepare.lock')

@@ -21,7 +21,7 @@ import zlib
 import numpy as np
 import pytest
 
-from dilated_jax import weights
+from dilated_jax import InputError, cli, weights
 from dilated_jax.data.info import DATASETS
 from dilated_jax.models import model_config
 from dilated_jax.weights import caffe, importer, torch_pickle
@@ -201,7 +201,7 @@ def test_tiny_files_that_declare_gigabytes_are_refused_in_bounded_memory(tmp_pat
   wrong = {}
   for name, (path, expected) in files.items():
     kind, message, memory = results[name]
-    if kind != 'ValueError' or memory or '\n' in message or path not in message or expected not in message:
+    if kind != 'InputError' or memory or '\n' in message or path not in message or expected not in message:
       wrong[name] = (kind, message[:300], 'MemoryError on the way' if memory else '')
   assert not wrong, wrong
 
@@ -241,7 +241,7 @@ def broken_zips():
 def test_a_broken_zip_is_one_line_naming_the_file(case, tmp_path):
   path = tmp_path / ('w.npz' if case.startswith('npz') else 'w.pth')
   path.write_bytes(broken_zips()[case])
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(InputError) as error:
     weights.read_layers(str(path), MEAN)
   message = str(error.value)
   assert str(path) in message and '\n' not in message, message
@@ -317,7 +317,7 @@ def test_byte_flips_anywhere_end_in_a_read_or_one_line(tmp_path):
         try:
           read(path)  # a variant may still be good: bytes of weights changed
           outcomes[name, 'read'] += 1
-        except (ValueError, OSError) as e:
+        except cli.USER_ERRORS as e:
           outcomes[name, 'one line'] += 1
           if '\n' in str(e) or path not in str(e):
             escaped.append(f'{name}: {type(e).__name__}: {e}')
@@ -350,7 +350,7 @@ def test_a_crafted_caffemodel_parses_in_time_linear_in_its_size(tmp_path):
     best = math.inf
     for _ in range(3):
       start = time.perf_counter()
-      with pytest.raises(ValueError, match='holds'):  # a blob of shape () with n values: found at its end
+      with pytest.raises(InputError, match='holds'):  # a blob of shape () with n values: found at its end
         weights.read_layers(str(path), MEAN)
       best = min(best, time.perf_counter() - start)
     times[name] = best
@@ -365,7 +365,7 @@ def test_wrong_blobs_and_tensors_are_named_with_the_file(tmp_path):
   dims = caffe._length_delimited(caffe.SHAPE_DIM, caffe._encode_varint(1 << 32) * 2)
   path = tmp_path / 'wrap.caffemodel'
   path.write_bytes(blob_file(caffe._length_delimited(caffe.BLOB_SHAPE, dims)))
-  with pytest.raises(ValueError, match=r'wrap\.caffemodel.*4294967296, 4294967296'):
+  with pytest.raises(InputError, match=r'wrap\.caffemodel.*4294967296, 4294967296'):
     weights.read_layers(str(path), MEAN)
   # a conv1_1 weight of shape (7,): named as the file has it, not after folding torchvision's input into it
   state = vgg16_state(conv1_1=(7,))
@@ -377,7 +377,7 @@ def test_wrong_blobs_and_tensors_are_named_with_the_file(tmp_path):
       np.savez(path, **state)
     else:
       write_torch(str(path), state)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(InputError) as error:
       weights.import_weights(str(path), cfg, MEAN, with_context=False)
     message = str(error.value)
     assert str(path) in message and 'features.0.weight' in message and 'shape 7 and' in message, message

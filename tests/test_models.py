@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dilated_jax import InputError
 from dilated_jax import receptive_field as rf
 from dilated_jax.models import context as ctx
 from dilated_jax.models import frontend, net
@@ -126,28 +127,28 @@ def test_identity_init_taps(shape):
 
 def test_errors():
   """Bad schedules, paddings, presets and inits raise ValueError naming the field."""
-  with pytest.raises(ValueError, match='context.dilations'):
+  with pytest.raises(InputError, match='context.dilations'):
     ctx.check_schedule((1, 0, 2), None, 'same')
-  with pytest.raises(ValueError, match='context.dilations'):
+  with pytest.raises(InputError, match='context.dilations'):
     ctx.check_schedule((), None, 'same')
-  with pytest.raises(ValueError, match='context.channel_multipliers'):
+  with pytest.raises(InputError, match='context.channel_multipliers'):
     ctx.check_schedule(ctx.BASIC, (2, 2, 4), 'same')
-  with pytest.raises(ValueError, match='context.padding'):
+  with pytest.raises(InputError, match='context.padding'):
     ctx.check_schedule(ctx.BASIC, None, 'reflect')
   x = jnp.zeros((1, 8, 8, 2))
   for kwargs, field in [(dict(dilations=(1, -1)), 'context.dilations'),
                         (dict(channel_multipliers=(1, 2)), 'context.channel_multipliers'),
                         (dict(padding='valid'), 'context.padding'),
                         (dict(init_scheme='zeros'), 'context.init')]:
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(InputError, match=field):
       ContextModule(num_classes=2, **kwargs).init(jax.random.key(0), x)
-  with pytest.raises(ValueError, match='preset'):
+  with pytest.raises(InputError, match='preset'):
     net.model_config('nope')
   cfg = net.model_config()
   cfg.upsample = 'nearest'
-  with pytest.raises(ValueError, match='model.upsample'):
+  with pytest.raises(InputError, match='model.upsample'):
     net.build_model(cfg)
-  with pytest.raises(ValueError, match='identity init'):
+  with pytest.raises(InputError, match='identity init'):
     identity_init(21)(jax.random.key(0), (3, 3, 21, 30))
 
 

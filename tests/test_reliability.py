@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 import dataset_fixtures as fixtures
-from dilated_jax import checkpoint, weights
+from dilated_jax import InputError, checkpoint, cli, weights
 from dilated_jax.data import builder, camvid, cityscapes, kitti, pipeline, voc_sbd
 from dilated_jax.data.info import DATASETS
 from dilated_jax.predict import read_image
@@ -216,7 +216,7 @@ def test_checkpoints_of_another_model_or_all_unreadable_are_errors_that_move_not
       p.write_bytes(b'')
   emptied = files(work)
   for read in (lambda: checkpoint.restore_latest(str(work), other), lambda: checkpoint.load_params(str(work))):
-    with pytest.raises(ValueError, match='no checkpoint reads back') as e:
+    with pytest.raises(InputError, match='no checkpoint reads back') as e:
       read()
     assert '\n' not in str(e.value) and '(16: ' in str(e.value) and '; 14: ' in str(e.value)  # each one's reason
   assert files(work) == emptied  # nothing moved or deleted
@@ -418,8 +418,8 @@ def test_file_readers_refuse_random_and_truncated_bytes_with_one_line(name, tmp_
     path.write_bytes(variant)
     try:
       read(str(path))  # a variant may still be a good file: bytes of pixel or weight data changed
-    except (ValueError, OSError, KeyError) as e:
-      message = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    except cli.USER_ERRORS as e:  # what the entry points print as one line
+      message = str(e)
       assert message and '\n' not in message, message
     except Exception as e:  # noqa: BLE001 - what the test is for
       escaped.append(f'{type(e).__name__}: {e}')
@@ -439,7 +439,7 @@ def test_checkpoint_reader_refuses_random_and_truncated_bytes_or_reads_the_one_b
     (work / name).write_bytes(data[:len(data) // 2] if i % 2 else rng.bytes(max(len(data), 8)))
     try:
       params = checkpoint.load_params(str(work))
-    except (ValueError, OSError, KeyError) as e:
+    except cli.USER_ERRORS as e:
       assert '\n' not in str(e)
       continue
     # what a restore does not need may be damaged; otherwise the checkpoint before is read, never other values

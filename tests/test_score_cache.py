@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from dilated_jax import config, score_cache, sharding
+from dilated_jax import InputError, config, score_cache, sharding
 from dilated_jax import data as datasets
 from dilated_jax.data import pipeline
 from dilated_jax.data.info import IGNORE_LABEL
@@ -73,7 +73,7 @@ def test_truncated_cache_is_one_line_naming_the_file(tmp_path):
   path = tmp_path / 'c' / 'scores.npy'
   with open(path, 'r+b') as f:
     f.truncate(os.path.getsize(path) - 10)
-  with pytest.raises(ValueError, match='truncated') as e:
+  with pytest.raises(InputError, match='truncated') as e:
     score_cache.ScoreCache(str(tmp_path / 'c'))
   assert str(path) in str(e.value) and '\n' not in str(e.value)
 
@@ -99,7 +99,7 @@ def test_hostile_or_foreign_header_is_refused_before_anything_is_allocated(tmp_p
   path.write_bytes(content)
   tracemalloc.start()
   try:
-    with pytest.raises(ValueError, match=match) as e:
+    with pytest.raises(InputError, match=match) as e:
       score_cache.ScoreCache(str(tmp_path / 'c'))
     peak = tracemalloc.get_traced_memory()[1]
   finally:
@@ -112,7 +112,7 @@ def test_labels_that_do_not_match_their_scores_are_refused(tmp_path):
   write_cache(tmp_path / 'a', 3)
   write_cache(tmp_path / 'b', 4)
   shutil.copy(tmp_path / 'b' / 'labels.npy', tmp_path / 'a' / 'labels.npy')
-  with pytest.raises(ValueError, match='do not match'):
+  with pytest.raises(InputError, match='do not match'):
     score_cache.ScoreCache(str(tmp_path / 'a'))
 
 
@@ -254,6 +254,6 @@ def test_images_that_give_maps_of_several_sizes_are_refused_and_nothing_is_left(
       image, label = source[i]
       return (image, label) if i < 2 else (image[:, :16], label[:, :16])  # 2x1 tiles, not 2x2
 
-  with pytest.raises(ValueError, match='one size'):
+  with pytest.raises(InputError, match='one size'):
     score_cache.cached_scores(str(tmp_path), TwoSizes(), predictor, params, cfg.data, batch_size=2)
   assert os.listdir(tmp_path / 'features') == []

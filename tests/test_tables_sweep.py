@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from dilated_jax import sweep, tables
+from dilated_jax import InputError, sweep, tables
 from dilated_jax.data.info import DATASETS
 from dilated_jax.paper_results import TABLES
 
@@ -82,7 +82,7 @@ def write_sweep(path, body):
 def test_sweep_file_is_checked(tmp_path):
   bad = write_sweep(tmp_path / 's.py', "def get_sweep():\n  return [dict(name='b', config='c', group='g', seed=0, "
                                        "init_from='a'), dict(name='a', config='c', group='g', seed=0)]\n")
-  with pytest.raises(ValueError, match='not an earlier run'):
+  with pytest.raises(InputError, match='not an earlier run'):
     sweep.load_sweep(bad)
 
 
@@ -142,5 +142,5 @@ def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
   truth = predict.colourise(label, datasets.dataset_info(cfg.data).palette)
   np.testing.assert_array_equal(row[:, size + 4:2 * size + 4], truth)
   np.testing.assert_array_equal(row[:, 2 * (size + 4):3 * size + 8], row[:, 3 * (size + 4):4 * size + 12])
-  with pytest.raises(ValueError, match='--indices'):
+  with pytest.raises(InputError, match='--indices'):
     figure.draw(cfg, [str(tmp_path / 'run')], 'test', [cfg.data.synthetic.test_size])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dilated_jax import checkpoint, config
+from dilated_jax import InputError, checkpoint, config
 from dilated_jax.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,19 +76,21 @@ def test_stages_chain_and_the_context_stage_trains_only_the_context_module(tmp_p
 
 
 def test_context_stage_without_init_from_is_refused(tmp_path):
-  with pytest.raises(ValueError, match='init_from'):
+  with pytest.raises(InputError, match='init_from'):
     train(tiny('context'), str(tmp_path / 'c'))
 
 
 def test_batch_that_does_not_split_over_devices_is_refused(tmp_path):
-  with pytest.raises(ValueError, match='batch_size'):
+  with pytest.raises(InputError, match='batch_size'):
     train(tiny(batch_size=12), str(tmp_path / 'b'))
 
 
-# python -c PEAK_RSS module args...: runs the module as `python -m` would, then logs the process's peak memory.
+# python -c PEAK_RSS module args...: runs the module as `python -m` would, then logs the process's peak memory: VmHWM,
+# which starts afresh at exec (getrusage's ru_maxrss would count the parent's peak, since it survives exec).
 PEAK_RSS = """
-import atexit, resource, runpy, sys
-atexit.register(lambda: print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))
+import atexit, re, runpy, sys
+peak = lambda: re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)
+atexit.register(lambda: print('peak_rss_kb', peak(), file=sys.stderr))
 sys.argv = sys.argv[1:]
 runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
 """
@@ -184,7 +186,7 @@ def test_counts_a_run_cannot_use_are_one_line_naming_the_field(tmp_path, field, 
   cfg.unlock()
   parent, _, key = ('.' + field).rpartition('.')
   (cfg[parent[1:]] if parent else cfg)[key] = value
-  with pytest.raises(ValueError, match=f'^{field}: expected an integer >= '):
+  with pytest.raises(InputError, match=f'^{field}: expected an integer >= '):
     train(cfg, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()  # refused before anything is written
 
@@ -192,13 +194,13 @@ def test_counts_a_run_cannot_use_are_one_line_naming_the_field(tmp_path, field, 
 def test_an_empty_split_is_one_line_naming_it(tmp_path):
   cfg = tiny()
   cfg.data.synthetic.train_size = 0
-  with pytest.raises(ValueError, match='data: the train split of synthetic holds no images'):
+  with pytest.raises(InputError, match='data: the train split of synthetic holds no images'):
     train(cfg, str(tmp_path / 'w'))
 
 
 def test_a_workdir_already_past_total_steps_is_refused_not_relabelled(tmp_path):
   train(tiny(total_steps=4), str(tmp_path / 'w'))
-  with pytest.raises(ValueError, match=r'total_steps: 2, but .*checkpoints/4 is already past it'):
+  with pytest.raises(InputError, match=r'total_steps: 2, but .*checkpoints/4 is already past it'):
     train(tiny(total_steps=2), str(tmp_path / 'w'))
   assert json.load(open(tmp_path / 'w' / 'eval' / 'val_final.json'))['step'] == 4  # not relabelled
 
@@ -230,9 +232,9 @@ def test_predict_refuses_outputs_that_would_overwrite_an_input_or_each_other(tmp
 
   a, b = tmp_path / 'in' / 'a.png', tmp_path / 'other' / 'a.jpg'
   assert output_stems([str(a)], str(tmp_path / 'out')) == [str(tmp_path / 'out' / 'a')]
-  with pytest.raises(ValueError, match=r'--output_dir: .*in/a\.png would overwrite the input image .*in/a\.png'):
+  with pytest.raises(InputError, match=r'--output_dir: .*in/a\.png would overwrite the input image .*in/a\.png'):
     output_stems([str(a)], str(tmp_path / 'in'))
-  with pytest.raises(ValueError, match=r'in/a\.png and .*other/a\.jpg would both be written to .*out/a\.png'):
+  with pytest.raises(InputError, match=r'in/a\.png and .*other/a\.jpg would both be written to .*out/a\.png'):
     output_stems([str(a), str(b)], str(tmp_path / 'out'))
 
 

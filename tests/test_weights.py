@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dilated_jax import checkpoint, weights
+from dilated_jax import InputError, checkpoint, weights
 from dilated_jax.data.info import DATASETS
 from dilated_jax.models import build_model, model_config
 from dilated_jax.models.layers import bilinear_kernel_1d
@@ -290,7 +290,7 @@ def test_vgg16_caffemodel_initialises_the_front_end(inner_product, tmp_path):
   np.testing.assert_array_equal(params['front_end']['final']['kernel'], fresh['front_end']['final']['kernel'])
   assert any(note.startswith('fc8') for note in imported.notes)
   assert any('final' in note for note in imported.notes)  # left to the paper's N(0, 0.001) initialisation
-  with pytest.raises(ValueError, match='no layer final.*cannot segment'):
+  with pytest.raises(InputError, match='no layer final.*cannot segment'):
     weights.network_params(path, cfg, DATASETS['camvid'].mean_bgr)
 
 
@@ -444,7 +444,7 @@ def test_a_weights_file_that_runs_code_is_refused(call, legacy, tmp_path):
   else:
     with zipfile.ZipFile(path, 'w') as z:
       z.writestr('evil/data.pkl', body)
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(InputError) as error:
     weights.read_layers(str(path), DATASETS['camvid'].mean_bgr)
   message = str(error.value)
   assert '\n' not in message and ('posix.system' in message or '.exec' in message), message
@@ -465,7 +465,7 @@ def test_a_file_of_another_preset_or_width_names_the_layer(released):
            (camvid, tiny_config('camvid', width=1 / 16), 'conv1_1: the file has weights of 2x3x3x3, the network '
                                                          'wants 4x3x3x3')]
   for path, cfg, expected in cases:
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(InputError) as error:
       weights.network_params(path, cfg, DATASETS['camvid'].mean_bgr)
     assert expected in str(error.value) and '\n' not in str(error.value), str(error.value)
 
@@ -475,7 +475,7 @@ def test_a_truncated_file_names_the_byte(released, tmp_path):
   data = open(path, 'rb').read()
   cut = tmp_path / 'cut.caffemodel'
   cut.write_bytes(data[:len(data) * 2 // 3])
-  with pytest.raises(ValueError, match=r'not a complete \.caffemodel .*at byte \d+') as error:
+  with pytest.raises(InputError, match=r'not a complete \.caffemodel .*at byte \d+') as error:
     weights.read_layers(str(cut), DATASETS['camvid'].mean_bgr)
   assert '\n' not in str(error.value)
 
@@ -588,5 +588,5 @@ def test_train_starts_from_a_weights_file(tmp_path):
     np.testing.assert_allclose(params['front_end'][name]['kernel'], w.transpose(2, 3, 1, 0) / scale, rtol=1e-6)
     np.testing.assert_array_equal(params['front_end'][name]['bias'], b)
   cfg.init_from = str(tmp_path / 'run')
-  with pytest.raises(ValueError, match='not both'):
+  with pytest.raises(InputError, match='not both'):
     train(cfg, str(tmp_path / 'both'))

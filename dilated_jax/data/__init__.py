@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from dilated_jax import InputError
 from dilated_jax.data.info import DATASETS, IGNORE_LABEL, DatasetInfo
 
 
@@ -11,7 +12,7 @@ def dataset_info(cfg: ml_collections.ConfigDict) -> DatasetInfo:
     from dilated_jax.data import synthetic  # here, so that `python -m dilated_jax.data.synthetic` runs cleanly
     return synthetic.info(cfg.synthetic)
   if cfg.name not in DATASETS:
-    raise ValueError(f"data.name: expected 'synthetic' or one of {sorted(DATASETS)}, got {cfg.name!r}")
+    raise InputError(f"data.name: expected 'synthetic' or one of {sorted(DATASETS)}, got {cfg.name!r}")
   return DATASETS[cfg.name]
 
 
@@ -28,7 +29,7 @@ def get_source(cfg: ml_collections.ConfigDict, split: str):
 
   variants = VARIANTS.get(cfg.name, ('',))
   if cfg.variant not in variants:
-    raise ValueError(f'data.variant: {info.name} has variants {variants}, got {cfg.variant!r}')
+    raise InputError(f'data.variant: {info.name} has variants {variants}, got {cfg.variant!r}')
   if not cfg.dir:
     raise FileNotFoundError(f'data.dir: unset; {info.name} is read from the folder its preparation wrote (README.md, '
                             f'"Datasets")')
@@ -48,5 +49,5 @@ def builder_class(dataset: str):
   import importlib
 
   if dataset not in MODULES:
-    raise ValueError(f'dataset: expected one of {sorted(MODULES)}, got {dataset!r}')
+    raise InputError(f'dataset: expected one of {sorted(MODULES)}, got {dataset!r}')
   return importlib.import_module(f'dilated_jax.data.{MODULES[dataset]}').Builder

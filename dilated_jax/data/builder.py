@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from dilated_jax import InputError
 from dilated_jax.data import pipeline
 from dilated_jax.data.info import IGNORE_LABEL, IMAGE_MODES, DatasetInfo
 
@@ -84,7 +85,7 @@ def encode(ex: Example) -> dict:
       warnings.simplefilter('error', Image.DecompressionBombWarning)
       with Image.open(ex.image) as im:
         if im.mode not in IMAGE_MODES:
-          raise ValueError(f'expected an 8-bit grey, palette, RGB, RGBA or CMYK image, got {len(im.getbands())} '
+          raise InputError(f'expected an 8-bit grey, palette, RGB, RGBA or CMYK image, got {len(im.getbands())} '
                            f'channels of mode {im.mode}')
         im.load()  # decodes everything: a truncated file fails here, not in training
         if im.mode == 'RGB' and im.format in ('JPEG', 'PNG') and ex.size in (None, im.size):
@@ -97,15 +98,15 @@ def encode(ex: Example) -> dict:
           image_bytes = png_bytes(rgb)
         size = ex.size or im.size
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise ValueError(f'{ex.image}: cannot read the image ({e})') from e
+    raise InputError(f'{ex.image}: cannot read the image ({e})') from e
   try:
     label = np.asarray(ex.read_label())
   except Exception as e:  # noqa: BLE001 - each dataset's reader (PIL, scipy's loadmat) fails in its own way
-    raise ValueError(f'{ex.label}: cannot read the label ({type(e).__name__}: {e})') from e
+    raise InputError(f'{ex.label}: cannot read the label ({type(e).__name__}: {e})') from e
   if ex.size is not None:
     label = pipeline.resize_nearest(label, ex.size)
   if label.shape != (size[1], size[0]):
-    raise ValueError(f'{ex.label}: the label is {label.shape[1]}x{label.shape[0]} px but its image {ex.image} is '
+    raise InputError(f'{ex.label}: the label is {label.shape[1]}x{label.shape[0]} px but its image {ex.image} is '
                      f'{size[0]}x{size[1]}')
   return {'image': image_bytes, 'label': png_bytes(Image.fromarray(label.astype(np.uint8), 'L')), 'name': ex.name}
 
@@ -123,7 +124,7 @@ def read_index_png(path: str) -> np.ndarray:
   """The class indices of a palette or greyscale label PNG (never its colours); a colour PNG is refused."""
   with Image.open(path) as im:
     if im.mode not in ('P', 'L'):
-      raise ValueError(f'expected a palette or greyscale PNG of class indices, got mode {im.mode}')
+      raise InputError(f'expected a palette or greyscale PNG of class indices, got mode {im.mode}')
     return np.array(im)
 
 
@@ -220,7 +221,7 @@ def _lock(path: str, name: str):
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
     f.close()
-    raise ValueError(f'--data_dir: another preparation of {name} is writing into {os.path.dirname(path)} (it holds '
+    raise InputError(f'--data_dir: another preparation of {name} is writing into {os.path.dirname(path)} (it holds '
                      f'{path}); wait for it to finish, then run this again to use what it built') from None
   return f
 
@@ -311,7 +312,7 @@ def open_split(builder_cls, data_dir: str, split: str) -> Split:
         f'prepare it with `python -m dilated_jax.data.prepare --dataset={builder_cls.name} '
         f'--manual_dir=/path/to/{builder_cls.MANUAL_DIR_NAME} --data_dir={data_dir}`')
   if split not in builder.info.splits:
-    raise ValueError(f'split: {builder_cls.name} has splits {sorted(builder.info.splits)}, not {split!r}')
+    raise InputError(f'split: {builder_cls.name} has splits {sorted(builder.info.splits)}, not {split!r}')
   skip = tfds.decode.SkipDecoding()
   records = builder.as_data_source(split=split, decoders={'image': skip, 'label': skip})
   return Split(records, f'{builder_cls.name}/{split}')

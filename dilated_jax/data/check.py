@@ -14,7 +14,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from dilated_jax import cli
+from dilated_jax import InputError, cli
 from dilated_jax import data as datasets
 from dilated_jax.data.info import IGNORE_LABEL, SPLIT_SIZES
 
@@ -81,7 +81,7 @@ def main(argv):
   cfg = FLAGS.config
   info = datasets.dataset_info(cfg.data)
   if cfg.data.name == 'synthetic':
-    raise ValueError('data.name: check reads prepared datasets; the synthetic one is generated, not prepared')
+    raise InputError('data.name: check reads prepared datasets; the synthetic one is generated, not prepared')
   results = {}
   start = time.time()
   for split in datasets.builder_class(cfg.data.name).SPLITS:
@@ -90,7 +90,7 @@ def main(argv):
   print(f'\n{sum(r["images"] for r in results.values())} images checked in {time.time() - start:.1f} s')
   found = problems(results, info.num_classes)
   if found:
-    raise ValueError(f'{info.name} in {cfg.data.dir}: ' + '; '.join(found))
+    raise InputError(f'{info.name} in {cfg.data.dir}: ' + '; '.join(found))
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from dilated_jax import InputError
 from dilated_jax.data import builder
 from dilated_jax.data.info import DATASETS, IGNORE_LABEL
 
@@ -76,7 +77,7 @@ class Builder(builder.Builder, skip_registration=True):
       voc_class = {c['id']: voc_names.index(COCO_TO_VOC[c['name']]) for c in coco['categories']
                    if c['name'] in COCO_TO_VOC}
       if len(voc_class) != len(COCO_TO_VOC):
-        raise ValueError(f'{annotation_file}: expected the 20 VOC categories among its categories, found '
+        raise InputError(f'{annotation_file}: expected the 20 VOC categories among its categories, found '
                          f'{sorted(c["name"] for c in coco["categories"] if c["name"] in COCO_TO_VOC)}')
       by_image = {}
       for a in coco['annotations']:

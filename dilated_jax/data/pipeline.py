@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from dilated_jax import InputError
 from dilated_jax.data.info import IGNORE_LABEL
 
 
@@ -106,13 +107,13 @@ def read_record(source, i: int, num_classes: int):
   and IGNORE_LABEL: what a prepared dataset does not promise (`python -m dilated_jax.data.check` lists them all)."""
   image, label = source[i]
   if label.shape != image.shape[:2]:
-    raise ValueError(f'{record_name(source, i)}: the label is {"x".join(map(str, label.shape[::-1]))} px but its '
+    raise InputError(f'{record_name(source, i)}: the label is {"x".join(map(str, label.shape[::-1]))} px but its '
                      f'image is {image.shape[1]}x{image.shape[0]} px')
   if label.size and int(label.max()) >= num_classes:
     values = np.unique(label[label >= num_classes])
     values = values[values != IGNORE_LABEL]
     if values.size:
-      raise ValueError(f'{record_name(source, i)}: label values {", ".join(map(str, values[:10]))} are outside '
+      raise InputError(f'{record_name(source, i)}: label values {", ".join(map(str, values[:10]))} are outside '
                        f'the {num_classes} classes and not {IGNORE_LABEL} (void); `python -m dilated_jax.data.check` '
                        f'lists every such image')
   return image, label
@@ -192,7 +193,7 @@ def batches(make_example: Callable[[int, np.random.Generator], dict], num_exampl
   a resumed run, and a run with any number of workers, devices or processes, sees exactly the same batches.
   """
   if global_batch % process_count:
-    raise ValueError(f'batch_size: {global_batch} does not split over {process_count} processes')
+    raise InputError(f'batch_size: {global_batch} does not split over {process_count} processes')
   per_process = global_batch // process_count
   rows = range(process_index * per_process, (process_index + 1) * per_process)
   build = ProcessBatch(make_example, num_examples, global_batch, seed, rows)
@@ -222,7 +223,7 @@ def ordered_map(fn: Callable[[int], dict], indices: range, workers: int, buffer:
 def resolve_workers(workers: int) -> int:
   """data.workers: -1 means one per CPU core this process may run on."""
   if workers < -1:
-    raise ValueError(f'data.workers: expected -1 (one per core), 0 (in this process) or a count, got {workers}')
+    raise InputError(f'data.workers: expected -1 (one per core), 0 (in this process) or a count, got {workers}')
   if workers == -1:
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
   return workers

@@ -12,6 +12,7 @@ import os
 import ml_collections
 import numpy as np
 
+from dilated_jax import InputError
 from dilated_jax.data.info import DatasetInfo
 
 SPLITS = {'train': 0, 'val': 1, 'test': 2}
@@ -33,7 +34,7 @@ def info(cfg: ml_collections.ConfigDict) -> DatasetInfo:
   """Class names, palette and mean of the synthetic dataset with cfg.num_scenes scene types."""
   k = cfg.num_scenes
   if not 1 <= k <= len(FRAME_COLOURS):
-    raise ValueError(f'data.synthetic.num_scenes: expected 1..{len(FRAME_COLOURS)}, got {k}')
+    raise InputError(f'data.synthetic.num_scenes: expected 1..{len(FRAME_COLOURS)}, got {k}')
   names = ('background',) + tuple(f'frame{i}' for i in range(1, k + 1)) + tuple(f'disc{i}' for i in range(1, k + 1))
   palette = ((0, 0, 0),) + FRAME_COLOURS[:k] + tuple((c // 2 + 60, c // 2 + 60, 255 - c // 2) for c, _, _ in
                                                        FRAME_COLOURS[:k])
@@ -45,7 +46,7 @@ class SyntheticScenes:
 
   def __init__(self, cfg: ml_collections.ConfigDict, split: str):
     if split not in SPLITS:
-      raise ValueError(f'split: expected one of {tuple(SPLITS)}, got {split!r}')
+      raise InputError(f'split: expected one of {tuple(SPLITS)}, got {split!r}')
     self.cfg, self.split = cfg, split
     self.info = info(cfg)
     self.size = cfg[f'{split}_size']
@@ -72,7 +73,7 @@ def render(cfg, rng: np.random.Generator):
   label[frame] = 1 + scene
   lo, hi = f + cfg.frame_distance + r, s - f - cfg.frame_distance - r  # disc centres keep the distance
   if hi <= lo:
-    raise ValueError(f'data.synthetic: no room for discs in {s} px with frame_width {f}, frame_distance '
+    raise InputError(f'data.synthetic: no room for discs in {s} px with frame_width {f}, frame_distance '
                      f'{cfg.frame_distance} and disc_radius {r}')
   yy, xx = np.mgrid[:s, :s]
   centres = []

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dilated_jax import receptive_field as rf
+from dilated_jax import InputError, receptive_field as rf
 from dilated_jax.models.layers import DilatedConv
 
 # Dilations of the 3x3 layers (paper Table 1 and paper.md 1.5); a final 1x1 layer always follows.
@@ -34,7 +34,7 @@ def identity_init(num_classes: int, noise_std: float = 0.01):
   def init(key, shape, dtype=jnp.float32):
     kh, kw, c_in, c_out = shape
     if c_in % num_classes or c_out % num_classes:
-      raise ValueError(f'identity init: C = {num_classes} must divide both {c_in} and {c_out} channels')
+      raise InputError(f'identity init: C = {num_classes} must divide both {c_in} and {c_out} channels')
     group = lambda n: np.arange(n) * num_classes // n
     mask = group(c_in)[:, None] == group(c_out)[None, :]
     w = noise_std * jax.random.normal(key, shape, dtype)
@@ -47,14 +47,14 @@ def identity_init(num_classes: int, noise_std: float = 0.01):
 def check_schedule(dilations: Sequence[int], channel_multipliers: Sequence[int] | None, padding: str):
   """Raises ValueError naming the field when a dilation schedule cannot be built."""
   if not dilations:
-    raise ValueError('context.dilations: expected at least one 3x3 layer')
+    raise InputError('context.dilations: expected at least one 3x3 layer')
   if any(int(d) != d or d < 1 for d in dilations):
-    raise ValueError(f'context.dilations: expected positive integers, got {tuple(dilations)}')
+    raise InputError(f'context.dilations: expected positive integers, got {tuple(dilations)}')
   if channel_multipliers and (len(channel_multipliers) != len(dilations) or min(channel_multipliers) < 1):
-    raise ValueError(f'context.channel_multipliers: expected {len(dilations)} positive integers (one per 3x3 layer), '
+    raise InputError(f'context.channel_multipliers: expected {len(dilations)} positive integers (one per 3x3 layer), '
                      f'got {tuple(channel_multipliers)}')
   if padding not in PADDINGS:
-    raise ValueError(f'context.padding: expected one of {PADDINGS}, got {padding!r}')
+    raise InputError(f'context.padding: expected one of {PADDINGS}, got {padding!r}')
 
 
 class ContextModule(nn.Module):
@@ -85,7 +85,7 @@ class ContextModule(nn.Module):
     elif self.init_scheme == 'random':
       kernel_init = nn.initializers.he_normal()
     else:
-      raise ValueError(f"context.init: expected 'identity' or 'random', got {self.init_scheme!r}")
+      raise InputError(f"context.init: expected 'identity' or 'random', got {self.init_scheme!r}")
     multipliers = self.channel_multipliers or (1,) * len(self.dilations)
     if self.padding == 'pad_once':
       p = (rf.receptive_field(self.layers())[0] - 1) // 2

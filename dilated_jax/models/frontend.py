@@ -5,7 +5,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dilated_jax import receptive_field as rf
+from dilated_jax import InputError, receptive_field as rf
 from dilated_jax.models.layers import DilatedConv, max_pool_ceil
 
 # Half of the paper front end's shrinkage, 372 px: the reflection margin around every input image (paper.md 1.3).
@@ -17,22 +17,22 @@ def check_front_end(cfg) -> None:
   """ValueError naming the model.front_end field that cannot give a network (config values, before any layer)."""
   n = len(cfg.block_convs)
   if not n or len(cfg.block_channels) != n or len(cfg.block_dilations) != n:
-    raise ValueError(f'model.front_end: block_convs, block_channels and block_dilations must have one entry per '
+    raise InputError(f'model.front_end: block_convs, block_channels and block_dilations must have one entry per '
                      f'block, got {tuple(cfg.block_convs)}, {tuple(cfg.block_channels)}, {tuple(cfg.block_dilations)}')
   for field in ('block_dilations', 'block_convs', 'block_channels'):
     values = tuple(cfg[field])
     if any(int(v) != v or v < 1 for v in values):
-      raise ValueError(f'model.front_end.{field}: expected positive integers, got {values}')
+      raise InputError(f'model.front_end.{field}: expected positive integers, got {values}')
   for field in ('fc6_dilation', 'fc6_kernel', 'fc_channels'):
     if int(cfg[field]) != cfg[field] or cfg[field] < 1:
-      raise ValueError(f'model.front_end.{field}: expected a positive integer, got {cfg[field]}')
+      raise InputError(f'model.front_end.{field}: expected a positive integer, got {cfg[field]}')
   if not 0 <= cfg.pools <= n:
-    raise ValueError(f'model.front_end.pools: expected 0..{n} (one pool after each of the first blocks), '
+    raise InputError(f'model.front_end.pools: expected 0..{n} (one pool after each of the first blocks), '
                      f'got {cfg.pools}')
   if not cfg.width > 0:
-    raise ValueError(f'model.front_end.width: expected a positive scale of the channels, got {cfg.width}')
+    raise InputError(f'model.front_end.width: expected a positive scale of the channels, got {cfg.width}')
   if not 0 <= cfg.dropout_rate < 1:
-    raise ValueError(f'model.front_end.dropout_rate: expected 0 <= rate < 1, got {cfg.dropout_rate}')
+    raise InputError(f'model.front_end.dropout_rate: expected 0 <= rate < 1, got {cfg.dropout_rate}')
 
 
 class FrontEnd(nn.Module):

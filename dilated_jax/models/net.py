@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dilated_jax import InputError
 from dilated_jax.models import context as ctx
 from dilated_jax.models.context import ContextModule
 from dilated_jax.models.frontend import FrontEnd, check_front_end
@@ -33,10 +34,10 @@ def upsample_probabilities(scores, mode: str, zoom: int, out_hw: tuple[int, int]
     return bilinear_zoom(jax.nn.softmax(scores.astype(jnp.float32), axis=-1), zoom, out_hw)
   if mode == 'deconv':
     if zoom != 8:
-      raise ValueError(f"model.upsample: 'deconv' is the x8 Cityscapes layer, but the front end's stride is {zoom}")
+      raise InputError(f"model.upsample: 'deconv' is the x8 Cityscapes layer, but the front end's stride is {zoom}")
     up = bilinear_deconv(scores.astype(jnp.float32))[:, :out_hw[0], :out_hw[1]]
     return jax.nn.softmax(up, axis=-1)
-  raise ValueError(f'model.upsample: expected one of {UPSAMPLINGS}, got {mode!r}')
+  raise InputError(f'model.upsample: expected one of {UPSAMPLINGS}, got {mode!r}')
 
 
 def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -61,7 +62,7 @@ def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
   }
   if preset is not None:
     if preset not in presets:
-      raise ValueError(f'preset: expected one of {sorted(presets)}, got {preset!r}')
+      raise InputError(f'preset: expected one of {sorted(presets)}, got {preset!r}')
     p = presets[preset]
     cfg.num_classes = p['num_classes']
     cfg.context.dilations = p['dilations']
@@ -85,5 +86,5 @@ def build_model(cfg: ml_collections.ConfigDict, with_context: bool = True) -> Di
         channel_multipliers=tuple(cfg.context.channel_multipliers), padding=cfg.context.padding,
         init_scheme=cfg.context.init, noise_std=cfg.context.noise_std, dtype=dtype)
   if cfg.upsample not in UPSAMPLINGS:
-    raise ValueError(f'model.upsample: expected one of {UPSAMPLINGS}, got {cfg.upsample!r}')
+    raise InputError(f'model.upsample: expected one of {UPSAMPLINGS}, got {cfg.upsample!r}')
   return DilationNet(front_end, context_module)

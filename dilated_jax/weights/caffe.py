@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from dilated_jax import InputError
+
 NET_LAYER, NET_LAYERS_V1 = 100, 2
 LAYER_NAME, LAYER_TYPE, LAYER_BLOBS = 1, 2, 7
 V1_NAME, V1_TYPE, V1_BLOBS, V1_V0_LAYER = 4, 5, 6, 1
@@ -43,7 +45,7 @@ class Layer:
   blobs: list[np.ndarray]
 
 
-class DecodeError(ValueError):
+class DecodeError(InputError):
   """The bytes are not a complete NetParameter; `offset` is where decoding failed."""
 
   def __init__(self, offset: int, message: str):
@@ -241,9 +243,9 @@ def read_caffemodel(path: str) -> list[Layer]:
   try:
     layers = decode_net(buf)
   except DecodeError as e:
-    raise ValueError(f'{path}: not a complete .caffemodel ({len(buf)} bytes): decoding failed {e}') from None
+    raise InputError(f'{path}: not a complete .caffemodel ({len(buf)} bytes): decoding failed {e}') from None
   if not layers:
-    raise ValueError(f'{path}: not a .caffemodel: no layers in {len(buf)} bytes')
+    raise InputError(f'{path}: not a .caffemodel: no layers in {len(buf)} bytes')
   return layers
 
 
@@ -276,7 +278,7 @@ def encode_blob(array: np.ndarray, legacy: bool = False) -> bytes:
   array = np.asarray(array, np.float32)
   if legacy:
     if array.ndim > 4:
-      raise ValueError(f'a legacy blob has at most 4 dimensions, got shape {array.shape}')
+      raise InputError(f'a legacy blob has at most 4 dimensions, got shape {array.shape}')
     dims = (1,) * (4 - array.ndim) + array.shape
     out = b''.join(_key(f, VARINT) + _encode_varint(d) for f, d in
                    zip((BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH), dims))
@@ -293,7 +295,7 @@ def encode_net(layers: list[Layer], v1: bool = False) -> bytes:
   for layer in layers:
     if v1:
       if layer.type not in v1_codes:
-        raise ValueError(f'layer {layer.name}: no V1 type code for {layer.type!r}')
+        raise InputError(f'layer {layer.name}: no V1 type code for {layer.type!r}')
       body = (_length_delimited(V1_NAME, layer.name.encode()) + _key(V1_TYPE, VARINT)
               + _encode_varint(v1_codes[layer.type])
               + b''.join(_length_delimited(V1_BLOBS, encode_blob(b, legacy=True)) for b in layer.blobs))

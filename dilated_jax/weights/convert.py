@@ -20,7 +20,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from dilated_jax import checkpoint, cli
+from dilated_jax import InputError, checkpoint, cli
 from dilated_jax.data.info import DATASETS
 from dilated_jax.models import model_config
 from dilated_jax.weights import importer
@@ -32,7 +32,7 @@ def convert(preset: str, weights: str, workdir: str, width: float = 1.0) -> impo
   model_cfg.front_end.width = width
   checkpoints = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if os.path.isdir(checkpoints) and os.listdir(checkpoints):
-    raise ValueError(f'workdir: {workdir} already holds checkpoints; converting into it would mix two networks '
+    raise InputError(f'workdir: {workdir} already holds checkpoints; converting into it would mix two networks '
                      '(choose a new workdir)')
   params, imported = importer.initialise(importer.init_params(model_cfg), weights, model_cfg, DATASETS[preset].mean_bgr)
   os.makedirs(workdir, exist_ok=True)
@@ -53,7 +53,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   if argv[1:]:
-    raise ValueError(f'unexpected arguments {argv[1:]}: everything is given by flags')
+    raise InputError(f'unexpected arguments {argv[1:]}: everything is given by flags')
   imported = convert(FLAGS.preset, FLAGS.weights, FLAGS.workdir, FLAGS.width)
   for note in imported.notes:
     print(f'note: {note}')

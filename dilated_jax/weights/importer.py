@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dilated_jax import checkpoint
+from dilated_jax import InputError, checkpoint
 from dilated_jax.models import build_model
 from dilated_jax.models.layers import bilinear_kernel_1d
 from dilated_jax.weights import caffe, torch_pickle
@@ -68,7 +68,7 @@ def torchvision_layers(state: dict[str, np.ndarray], mean_bgr, source: str) -> l
   """Caffe-style layers (OIHW; fc6/fc7 InnerProduct) of a torchvision VGG-16 state dict, preprocessing folded."""
   state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}  # DataParallel
   if any(k.endswith('running_mean') for k in state):
-    raise ValueError(f'{source}: a VGG-16 with batch normalisation (vgg16_bn); the paper\'s front end has none')
+    raise InputError(f'{source}: a VGG-16 with batch normalisation (vgg16_bn); the paper\'s front end has none')
   wanted = [(f'features.{i}', n, 'Convolution') for i, n in TORCHVISION_VGG16.items()]
   wanted += [(f'classifier.{i}', n, 'InnerProduct') for i, n in TORCHVISION_CLASSIFIER.items()]
   layers = []
@@ -76,15 +76,15 @@ def torchvision_layers(state: dict[str, np.ndarray], mean_bgr, source: str) -> l
     if f'{key}.weight' not in state or f'{key}.bias' not in state:
       if name == IMAGENET_CLASSIFIER:
         continue
-      raise ValueError(f'{source}: no {key}.weight / {key}.bias ({name}): not a torchvision VGG-16 state dict')
+      raise InputError(f'{source}: no {key}.weight / {key}.bias ({name}): not a torchvision VGG-16 state dict')
     layers.append(caffe.Layer(name, kind, [state[f'{key}.weight'], state[f'{key}.bias']]))
   used = {f'{k}.{p}' for k, _, _ in wanted for p in ('weight', 'bias')}
   extra = sorted(set(state) - used)
   if extra:
-    raise ValueError(f'{source}: {extra[0]} is not a VGG-16 parameter (a state dict of another network?)')
+    raise InputError(f'{source}: {extra[0]} is not a VGG-16 parameter (a state dict of another network?)')
   w, b = layers[0].blobs
   if w.ndim != 4 or w.shape[1] != 3 or b.shape != w.shape[:1]:  # before folding, which would broadcast any shape
-    raise ValueError(f'{source}: features.0.weight (conv1_1) has shape {_oihw(w.shape)} and its bias {_oihw(b.shape)}, '
+    raise InputError(f'{source}: features.0.weight (conv1_1) has shape {_oihw(w.shape)} and its bias {_oihw(b.shape)}, '
                      'expected out x 3 x kh x kw and out')
   layers[0].blobs = list(fold_torchvision_input(w, b, mean_bgr))
   return layers
@@ -100,15 +100,15 @@ def _npy(members: torch_pickle.ZipMembers, info: zipfile.ZipInfo) -> np.ndarray:
       version = np.lib.format.read_magic(f)
       read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
       if version not in read_header:
-        raise ValueError(f'.npy format version {version}')
+        raise InputError(f'.npy format version {version}')
       shape, fortran_order, dtype = read_header[version](f)
     except Exception as e:  # noqa: BLE001 - numpy parses the header with ast and tokenize, which raise many kinds
-      raise ValueError(f'{info.filename} is not an .npy array ({" ".join(str(e).split())})') from None
+      raise InputError(f'{info.filename} is not an .npy array ({" ".join(str(e).split())})') from None
     if dtype.kind not in 'biuf':
-      raise ValueError(f'{info.filename} holds {dtype} values, not numbers')
+      raise InputError(f'{info.filename} holds {dtype} values, not numbers')
     nbytes = math.prod(shape) * dtype.itemsize
     if min(shape, default=0) < 0 or f.tell() + nbytes != info.file_size:
-      raise ValueError(f'{info.filename} declares shape {shape} of {dtype} ({nbytes} bytes) but holds '
+      raise InputError(f'{info.filename} declares shape {shape} of {dtype} ({nbytes} bytes) but holds '
                        f'{info.file_size - f.tell()} bytes')
     out = np.empty(nbytes, np.uint8)
     out[:len(head) - f.tell()] = np.frombuffer(head, np.uint8, offset=f.tell())
@@ -125,7 +125,7 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
       members = torch_pickle.ZipMembers(archive, os.path.getsize(path))
       return {info.filename[:-len('.npy')]: _npy(members, info) for info in archive.infolist()}
   except (ValueError,) + torch_pickle.ZIP_ERRORS as e:
-    raise ValueError(f'{path}: not loaded as an .npz of arrays: {" ".join(str(e).split()) or type(e).__name__}') \
+    raise InputError(f'{path}: not loaded as an .npz of arrays: {" ".join(str(e).split()) or type(e).__name__}') \
         from None
 
 
@@ -138,7 +138,7 @@ def read_layers(path: str, mean_bgr) -> tuple[list[caffe.Layer], str]:
       with zipfile.ZipFile(path) as z:
         is_npz = all(n.endswith('.npy') for n in z.namelist())
     except (ValueError,) + torch_pickle.ZIP_ERRORS as e:  # ValueError: a name that is not the UTF-8 it claims
-      raise ValueError(f'{path}: a broken zip archive ({" ".join(str(e).split()) or type(e).__name__})') from None
+      raise InputError(f'{path}: a broken zip archive ({" ".join(str(e).split()) or type(e).__name__})') from None
     if is_npz:
       return torchvision_layers(read_npz(path), mean_bgr, path), 'torchvision (npz)'
     return torchvision_layers(torch_pickle.read_state_dict(path), mean_bgr, path), 'torchvision'
@@ -174,21 +174,21 @@ def _convert(layer: caffe.Layer, want: dict, where: str) -> dict:
   """{'kernel' (HWIO), 'bias'} of one Caffe layer, with its shapes checked against the network's."""
   kh, kw, cin, cout = want['kernel']
   if len(layer.blobs) != 2:
-    raise ValueError(f'{where}: {len(layer.blobs)} blobs, expected 2 (weights and bias)')
+    raise InputError(f'{where}: {len(layer.blobs)} blobs, expected 2 (weights and bias)')
   w, b = layer.blobs
   conv_shape = (cout, cin, kh, kw)
   if layer.type == 'InnerProduct':
     # Caffe flattens the input (C, H, W) in that order: fc6 of VGG-16 is 4096 x (512 * 7 * 7).
     flat = w.reshape(w.shape[-2:]) if w.ndim >= 2 and all(d == 1 for d in w.shape[:-2]) else w
     if flat.shape != (cout, cin * kh * kw):
-      raise ValueError(f'{where}: the file has an InnerProduct of {_oihw(w.shape)}, the network wants '
+      raise InputError(f'{where}: the file has an InnerProduct of {_oihw(w.shape)}, the network wants '
                        f'{cout}x{cin * kh * kw} (= {_oihw(conv_shape)}, out x in x kh x kw)')
     w = flat.reshape(conv_shape)
   elif w.shape != conv_shape:
-    raise ValueError(f'{where}: the file has weights of {_oihw(w.shape)}, the network wants {_oihw(conv_shape)} '
+    raise InputError(f'{where}: the file has weights of {_oihw(w.shape)}, the network wants {_oihw(conv_shape)} '
                      '(out x in x kh x kw)')
   if b.size != cout or b.squeeze().ndim > 1:
-    raise ValueError(f'{where}: the file has a bias of {_oihw(b.shape)}, the network wants {cout}')
+    raise InputError(f'{where}: the file has a bias of {_oihw(b.shape)}, the network wants {cout}')
   # Copies: the arrays read from a file may be read-only views of its bytes.
   return {'kernel': np.array(w.transpose(2, 3, 1, 0), np.float32, order='C'), 'bias': np.array(b.reshape(cout),
                                                                                                 np.float32)}
@@ -197,13 +197,13 @@ def _convert(layer: caffe.Layer, want: dict, where: str) -> dict:
 def _check_deconvolution(layer: caffe.Layer, num_classes: int, upsample: str, where: str):
   """The Cityscapes model's frozen x8 deconvolution is computed, not a parameter: it must be the bilinear one."""
   if upsample != 'deconv':
-    raise ValueError(f'{where}: a Deconvolution in the file, but this network upsamples by {upsample!r} '
+    raise InputError(f'{where}: a Deconvolution in the file, but this network upsamples by {upsample!r} '
                      '(only the cityscapes preset has the in-network deconvolution)')
   k = bilinear_kernel_1d(16)
   want = np.broadcast_to(np.outer(k, k), (num_classes, 1, 16, 16))
   if len(layer.blobs) != 1 or layer.blobs[0].shape != want.shape or not np.allclose(layer.blobs[0], want, atol=1e-6):
     shapes = ', '.join(_oihw(b.shape) for b in layer.blobs)
-    raise ValueError(f'{where}: expected the frozen bilinear kernel {_oihw(want.shape)} that model.upsample '
+    raise InputError(f'{where}: expected the frozen bilinear kernel {_oihw(want.shape)} that model.upsample '
                      f"'deconv' computes, found {shapes or 'no blobs'}")
 
 
@@ -233,7 +233,7 @@ def import_layers(layers: list[caffe.Layer], template: dict, source: str, fmt: s
     name = canonical_name(layer.name)
     where = f'{source}: layer {layer.name}'
     if name in seen:
-      raise ValueError(f'{where}: appears twice in the file')
+      raise InputError(f'{where}: appears twice in the file')
     seen[name] = layer.name
     if layer.type == 'Deconvolution':
       _check_deconvolution(layer, num_classes, upsample, where)
@@ -247,7 +247,7 @@ def import_layers(layers: list[caffe.Layer], template: dict, source: str, fmt: s
       notes.append(f'{layer.name}: this network has no {module}; not used')
     else:
       shapes = ', '.join(_oihw(b.shape) for b in layer.blobs)
-      raise ValueError(f'{where} ({layer.type}, {shapes}) has no place in this network, whose layers are '
+      raise InputError(f'{where} ({layer.type}, {shapes}) has no place in this network, whose layers are '
                        f'{_span(template)}: weights of another preset or dilation schedule?')
   _check_complete(params, template, source, seen)
   if input_scale != 1.0 and 'conv1_1' in params.get('front_end', {}):
@@ -270,7 +270,7 @@ def _check_complete(params: dict, template: dict, source: str, seen: dict):
   missing = [n for n in needed if n not in fe and n not in (ctx or {})]
   if missing:
     found = ', '.join(seen.values()) or 'none'
-    raise ValueError(f'{source}: no layer {missing[0]}' + (f' (nor {", ".join(missing[1:])})' if missing[1:] else '')
+    raise InputError(f'{source}: no layer {missing[0]}' + (f' (nor {", ".join(missing[1:])})' if missing[1:] else '')
                      + f', which this network needs; the file\'s layers with weights: {found}')
 
 
@@ -304,18 +304,18 @@ def check_params(params: dict, model_cfg: ml_collections.ConfigDict, source: str
   want = template(model_cfg, with_context='context_module' in params)
   for module, group in want.items():
     if module not in params:
-      raise ValueError(f'{source}: no {module} parameters')
+      raise InputError(f'{source}: no {module} parameters')
     for name, shapes in group.items():
       for leaf, shape in shapes.items():
         got = params[module].get(name, {}).get(leaf)
         if got is None:
-          raise ValueError(f'{source}: no {module}/{name}/{leaf}, which this network needs')
+          raise InputError(f'{source}: no {module}/{name}/{leaf}, which this network needs')
         if tuple(got.shape) != shape:
-          raise ValueError(f'{source}: {module}/{name}/{leaf} has shape {tuple(got.shape)}, this network wants '
+          raise InputError(f'{source}: {module}/{name}/{leaf} has shape {tuple(got.shape)}, this network wants '
                            f'{shape}')
     extra = sorted(set(params[module]) - set(group))
     if extra:
-      raise ValueError(f'{source}: {module}/{extra[0]} has no place in this network: another preset?')
+      raise InputError(f'{source}: {module}/{extra[0]} has no place in this network: another preset?')
 
 
 def network_params(path: str, model_cfg: ml_collections.ConfigDict, mean_bgr, which: str = 'best'):
@@ -331,7 +331,7 @@ def network_params(path: str, model_cfg: ml_collections.ConfigDict, mean_bgr, wh
     return params, 'context_module' in params
   imported = import_weights(path, model_cfg, mean_bgr)
   if 'final' not in imported.params.get('front_end', {}):
-    raise ValueError(f'{path}: no layer final (nor fc-final): an ImageNet VGG-16 initialises training '
+    raise InputError(f'{path}: no layer final (nor fc-final): an ImageNet VGG-16 initialises training '
                      '(train --config.init_weights, or weights.convert) but cannot segment')
   return imported.params, 'context_module' in imported.params
 
@@ -341,7 +341,7 @@ def initialise(params: dict, path: str, model_cfg: ml_collections.ConfigDict, me
   """`params` (a network's fresh initialisation) with every layer the weights file has put in its place."""
   imported = import_weights(path, model_cfg, mean_bgr, with_context='context_module' in params)
   if need_final and 'final' not in imported.params.get('front_end', {}):
-    raise ValueError(f'{path}: no layer final (nor fc-final): a context or joint stage starts from a trained '
+    raise InputError(f'{path}: no layer final (nor fc-final): a context or joint stage starts from a trained '
                      'front end, not from ImageNet weights')
   out = {module: dict(group) for module, group in params.items()}
   for module, group in imported.params.items():

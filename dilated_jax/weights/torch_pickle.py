@@ -24,6 +24,8 @@ import zlib
 
 import numpy as np
 
+from dilated_jax import InputError
+
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 
@@ -202,13 +204,13 @@ class ZipMembers:
 
   def open(self, info: zipfile.ZipInfo):
     if info.flag_bits & 1:
-      raise ValueError(f'{info.filename} is encrypted')
+      raise InputError(f'{info.filename} is encrypted')
     if info.compress_type not in _STORED_OR_DEFLATED:
-      raise ValueError(f'{info.filename} is compressed by method {info.compress_type}; only stored and deflated '
+      raise InputError(f'{info.filename} is compressed by method {info.compress_type}; only stored and deflated '
                        'members are read')
     self.inflated += info.file_size
     if self.inflated > self.allowed:
-      raise ValueError(f'{info.filename} would inflate the archive\'s {self.archive_bytes} bytes to {self.inflated}, '
+      raise InputError(f'{info.filename} would inflate the archive\'s {self.archive_bytes} bytes to {self.inflated}, '
                        f'more than {MAX_INFLATION} times as many (a deflate bomb?)')
     return self.archive.open(info)
 
@@ -219,7 +221,7 @@ class ZipMembers:
     while at < out.size:
       piece = stream.read(min(_READ_CHUNK, out.size - at))
       if not piece:
-        raise ValueError(f'{info.filename} ends after {at} of its {info.file_size} bytes')
+        raise InputError(f'{info.filename} ends after {at} of its {info.file_size} bytes')
       out[at:at + len(piece)] = np.frombuffer(piece, np.uint8)
       at += len(piece)
 
@@ -236,7 +238,7 @@ def _read_zip(archive: zipfile.ZipFile, archive_bytes: int):
   members = ZipMembers(archive, archive_bytes)
   pkl = sorted(n for n in infos if n == 'data.pkl' or n.endswith('/data.pkl'))
   if len(pkl) != 1:
-    raise ValueError(f'a zip archive, but not one torch.save wrote (expected one data.pkl, found {len(pkl)})')
+    raise InputError(f'a zip archive, but not one torch.save wrote (expected one data.pkl, found {len(pkl)})')
   prefix = pkl[0][:-len('data.pkl')]
   order = infos.get(prefix + 'byteorder')
   big_endian = order is not None and members.read(order).tobytes().strip() == b'big'
@@ -263,9 +265,9 @@ def _read_zip(archive: zipfile.ZipFile, archive_bytes: int):
 def _read_legacy(data: bytes):
   f = io.BytesIO(data)
   if _load(data, f) != LEGACY_MAGIC:
-    raise ValueError('neither a zip archive nor the legacy torch.save stream')
+    raise InputError('neither a zip archive nor the legacy torch.save stream')
   if _load(data, f) != LEGACY_PROTOCOL:
-    raise ValueError('a legacy torch.save stream of an unknown protocol version')
+    raise InputError('a legacy torch.save stream of an unknown protocol version')
   _load(data, f)  # system info
   roots, views = {}, []
 
@@ -283,18 +285,18 @@ def _read_legacy(data: bytes):
   obj = _load(data, f, storage)
   keys = _load(data, f)
   if not isinstance(keys, (list, tuple)):
-    raise ValueError(f'a list of storage keys expected after the state dict, found a {type(keys).__name__}')
+    raise InputError(f'a list of storage keys expected after the state dict, found a {type(keys).__name__}')
   for key in keys:
     key = _key(key)
     if key not in roots:
-      raise ValueError(f'storage {key} is listed but no tensor uses it')
+      raise InputError(f'storage {key} is listed but no tensor uses it')
     root, at = roots[key], f.tell()
     if at + 8 > len(data):
-      raise ValueError(f'truncated: the file ends at byte {len(data)}, inside the header of storage {key}')
+      raise InputError(f'truncated: the file ends at byte {len(data)}, inside the header of storage {key}')
     nbytes = struct.unpack_from('<q', data, at)[0] * root.dtype.itemsize
     left = len(data) - at - 8
     if not 0 <= nbytes <= left:  # checked before reading: a corrupt size must not allocate terabytes
-      raise ValueError(f'truncated: storage {key} at byte {at} needs {nbytes} bytes, the file has {left} more')
+      raise InputError(f'truncated: storage {key} at byte {at} needs {nbytes} bytes, the file has {left} more')
     root.array = np.frombuffer(data, root.dtype, count=nbytes // root.dtype.itemsize, offset=at + 8)
     f.seek(at + 8 + nbytes)
   for root, view, offset, n in views:
@@ -310,13 +312,13 @@ def _state_dict(obj):
         obj = obj[wrapper]
         break
   if not isinstance(obj, dict):
-    raise ValueError(f'not a state dict but a {type(obj).__name__}')
+    raise InputError(f'not a state dict but a {type(obj).__name__}')
   tensors = {name: value for name, value in obj.items() if isinstance(value, Tensor)}
   for name, value in tensors.items():
     if not isinstance(name, str):
-      raise ValueError(f'a tensor named by a {type(name).__name__}, not a string')
+      raise InputError(f'a tensor named by a {type(name).__name__}, not a string')
     if value.storage.array is None:
-      raise ValueError(f'truncated: the data of {name} is missing')
+      raise InputError(f'truncated: the data of {name} is missing')
   # Distinct views of one storage may not add up to more than the file's storages hold: 6,000 views of 512 KiB
   # would be 3 GB from a 1 MB file. The same view under two names (tied weights) is one array.
   holds = sum(root.array.nbytes for root in {id(t.storage.root): t.storage.root for t in tensors.values()}.values())
@@ -326,7 +328,7 @@ def _state_dict(obj):
     if view not in arrays:
       made += value.numel * value.storage.dtype.itemsize
       if made > holds:
-        raise ValueError(f'its tensors up to {name} take {made} bytes, more than the file holds in storages '
+        raise InputError(f'its tensors up to {name} take {made} bytes, more than the file holds in storages '
                          f'({holds} bytes)')
       array = value.array()
       arrays[view] = array.astype(np.float32) if array.dtype.name == 'bfloat16' else array
@@ -347,4 +349,4 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   except (pickle.UnpicklingError, ValueError, IndexError, TypeError, KeyError, AttributeError, OverflowError,
           MemoryError) + ZIP_ERRORS as e:
     message = ' '.join(str(e).split()) or type(e).__name__
-    raise ValueError(f'{path}: not loaded as a torch state dict: {message}') from None
+    raise InputError(f'{path}: not loaded as a torch state dict: {message}') from None
