@@ -9,6 +9,7 @@ PNG of class ids with IGNORE_LABEL for void, and the image's name.
 
 import dataclasses
 import functools
+import glob
 import io
 import os
 import shutil
@@ -244,10 +245,15 @@ def layout_line(builder_cls) -> str:
 
 
 class Split:
-  """A prepared split: `len()` images, `[i]` -> (RGB uint8 (H, W, 3), uint8 label (H, W), IGNORE_LABEL = void)."""
+  """A prepared split: `len()` images, `[i]` -> (RGB uint8 (H, W, 3), uint8 label (H, W), IGNORE_LABEL = void).
 
-  def __init__(self, records, name: str):
+  `identity`: the name, size and modification time of each of its files: a split prepared again is another one
+  (the score cache keys on it).
+  """
+
+  def __init__(self, records, name: str, files=()):
     self.records, self.name = records, name
+    self.identity = tuple((os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in sorted(files))
 
   def __len__(self):
     return len(self.records)
@@ -274,6 +280,7 @@ class Concat:
     self.parts = list(parts)
     self.name = '+'.join(p.name for p in self.parts)
     self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+    self.identity = tuple(p.identity for p in self.parts)
 
   def __len__(self):
     return int(self.starts[-1])
@@ -315,4 +322,5 @@ def open_split(builder_cls, data_dir: str, split: str) -> Split:
     raise InputError(f'split: {builder_cls.name} has splits {sorted(builder.info.splits)}, not {split!r}')
   skip = tfds.decode.SkipDecoding()
   records = builder.as_data_source(split=split, decoders={'image': skip, 'label': skip})
-  return Split(records, f'{builder_cls.name}/{split}')
+  files = glob.glob(os.path.join(builder.data_dir, f'{builder_cls.name}-{split}.*'))
+  return Split(records, f'{builder_cls.name}/{split}', files)
