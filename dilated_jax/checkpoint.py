@@ -8,8 +8,10 @@ import contextlib
 import dataclasses
 import gc
 import json
+import logging as std_logging
 import os
 import sys
+import traceback
 import warnings
 
 from absl import logging
@@ -195,15 +197,37 @@ def _read(path: str, abstract_state, step: int):
 def _quiet_unraisable():
   """Silences what orbax's reading coroutines leave behind when an array does not read back: exceptions nobody
   awaited, each printed with a page of TensorStore spec. The error that matters is raised, and named once."""
+  if not getattr(sys.unraisablehook, 'drops_closed_loop', False):
+    sys.unraisablehook = _drop_closed_loop(sys.unraisablehook)
   hook = sys.unraisablehook
   sys.unraisablehook = lambda unraisable: None
+  asyncio_log = std_logging.getLogger('asyncio')  # 'Task exception was never retrieved', for each failed read
+  level = asyncio_log.level
+  asyncio_log.setLevel(std_logging.CRITICAL)
   try:
     yield
   finally:
     with warnings.catch_warnings():  # and the coroutines it never awaited
       warnings.simplefilter('ignore', RuntimeWarning)
       gc.collect()
+    asyncio_log.setLevel(level)
     sys.unraisablehook = hook
+
+
+def _drop_closed_loop(unraisablehook):
+  """sys.unraisablehook without one message: TensorStore reads of a restore that failed finish after orbax has
+  closed the restore's event loop, and their callbacks' `RuntimeError: Event loop is closed` (asyncio's
+  `_check_closed`) would be printed from TensorStore's threads, a traceback per read, after the fallback named the
+  real error. Installed for the rest of the process, since those reads end at no time we know."""
+  def hook(unraisable):
+    last = traceback.extract_tb(unraisable.exc_traceback)[-1:] if unraisable.exc_traceback is not None else []
+    if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed' and last
+        and last[0].name == '_check_closed' and last[0].filename.endswith(os.path.join('asyncio', 'base_events.py'))):
+      return
+    unraisablehook(unraisable)
+
+  hook.drops_closed_loop = True
+  return hook
 
 
 def _check_layout(path, meta, abstract_state):
