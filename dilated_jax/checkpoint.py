@@ -29,6 +29,7 @@ CORRUPT = 'corrupt_checkpoints'
 
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   """The CheckpointManager of `workdir`/checkpoints: keeps the newest `keep` steps and the best by recorded mIoU."""
+  _drop_closed_loop_errors()  # a save that the filesystem refuses leaves reads and writes behind, as a failed restore
   options = ocp.CheckpointManagerOptions(
       enable_async_checkpointing=True,
       read_only=read_only,
@@ -52,7 +53,30 @@ class KeepBest:
 
 def save(mngr: ocp.CheckpointManager, step: int, state, force: bool = False):
   """Starts an asynchronous save of the train state (step, params, opt_state) at `step`."""
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+  with _write_errors(mngr):  # the previous save's failure surfaces here
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+
+
+def wait(mngr: ocp.CheckpointManager, close: bool = False):
+  """Waits for the save in flight (and closes the manager): a failed write is an OSError naming the folder."""
+  with _write_errors(mngr):
+    mngr.wait_until_finished()
+    if close:
+      mngr.close()
+
+
+@contextlib.contextmanager
+def _write_errors(mngr):
+  """A save that the filesystem refused (a full disk, a quota, a permission: TensorStore reports the OS error
+  code) becomes one OSError naming the checkpoint folder; the checkpoints before it are complete, and the step's
+  unfinished `N.orbax-checkpoint-tmp` is replaced when a later run saves step N."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001 - orbax re-raises TensorStore's ValueError from its background threads
+    if not isinstance(e, OSError) and 'os_error_code' not in str(e):
+      raise
+    raise OSError(f'{mngr.directory}: a checkpoint could not be written ({_one_line(e)}); the checkpoints '
+                  f'before it are intact') from e
 
 
 def record_miou(mngr: ocp.CheckpointManager, workdir: str, step: int, miou: float):
@@ -62,7 +86,7 @@ def record_miou(mngr: ocp.CheckpointManager, workdir: str, step: int, miou: floa
   Saving first and evaluating after means an evaluation that fails or is preempted never costs the interval's
   training; a step whose evaluation did not finish simply has no mIoU.
   """
-  mngr.wait_until_finished()
+  wait(mngr)
   if jax.process_index() == 0:
     path = os.path.join(step_dir(workdir, step), 'metrics', 'metrics')
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -197,8 +221,7 @@ def _read(path: str, abstract_state, step: int):
 def _quiet_unraisable():
   """Silences what orbax's reading coroutines leave behind when an array does not read back: exceptions nobody
   awaited, each printed with a page of TensorStore spec. The error that matters is raised, and named once."""
-  if not getattr(sys.unraisablehook, 'drops_closed_loop', False):
-    sys.unraisablehook = _drop_closed_loop(sys.unraisablehook)
+  _drop_closed_loop_errors()
   hook = sys.unraisablehook
   sys.unraisablehook = lambda unraisable: None
   asyncio_log = std_logging.getLogger('asyncio')  # 'Task exception was never retrieved', for each failed read
@@ -212,6 +235,11 @@ def _quiet_unraisable():
       gc.collect()
     asyncio_log.setLevel(level)
     sys.unraisablehook = hook
+
+
+def _drop_closed_loop_errors():
+  if not getattr(sys.unraisablehook, 'drops_closed_loop', False):
+    sys.unraisablehook = _drop_closed_loop(sys.unraisablehook)
 
 
 def _drop_closed_loop(unraisablehook):

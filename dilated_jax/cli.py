@@ -2,8 +2,11 @@
 
 import functools
 import importlib.metadata
+import logging as std_logging
 import os
 import sys
+import tempfile
+import warnings
 
 from absl import logging
 
@@ -35,13 +38,29 @@ def configure_xla():
 USER_ERRORS = (InputError, OSError)
 
 
-def quiet_libraries():
-  """Drops the INFO lines of orbax (several per checkpoint) from the log, keeping its warnings and errors."""
-  import logging as std_logging
+def check_writable(folder: str, field: str):
+  """Makes `folder` and checks that a file can be written in it, before any work: OSError naming `field` and the
+  folder otherwise (a read-only output would be found only after the computation)."""
+  try:
+    os.makedirs(folder, exist_ok=True)
+    # A fresh name (O_EXCL): hosts sharing the folder may have processes of equal ids.
+    fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=folder)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f'{field}: {folder} is not a writable folder ({e.strerror or e})') from None
 
+
+def quiet_libraries():
+  """Drops the INFO lines of orbax (several per checkpoint) from the log, keeping its warnings and errors (without
+  their tracebacks: the error that stops the run is printed once, by the entry point)."""
   class Filter(std_logging.Filter):
     def filter(self, record):
-      return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+      if 'orbax' not in record.pathname:
+        return True
+      if record.levelno >= std_logging.ERROR:  # a failed save: its line, not one traceback per background thread
+        record.exc_info, record.exc_text = None, None
+      return record.levelno >= std_logging.WARNING
 
   std_logging.getLogger('absl').addFilter(Filter())
 
@@ -88,6 +107,10 @@ def entry_point(main):
         raise
       logging.flush()
       print('error: ' + ' '.join(str(e).split()), file=sys.stderr)  # one line, whatever a library raised
+      # Reported: what orbax's abandoned tasks and coroutines (a save refused by a full disk) would print at exit
+      # is noise now.
+      std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
+      warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
       sys.exit(2)
 
   return wrapped

@@ -171,6 +171,8 @@ def main(argv):
   source = datasets.get_source(cfg.data, FLAGS.split)
   params = checkpoint.load_params(FLAGS.workdir, FLAGS.checkpoint)
   weights.check_params(params, cfg.model, FLAGS.workdir)  # a layer of another shape: one line naming it
+  if jax.process_index() == 0:  # where the result goes, before the evaluation
+    cli.check_writable(os.path.join(FLAGS.workdir, 'eval'), '--workdir')
   mesh = sharding.make_mesh()
   predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context='context_module' in params,
                         tiles_per_device=cfg.eval.tiles_per_device)
@@ -184,7 +186,6 @@ def main(argv):
         f'({len(source)} images)')
   if jax.process_index() == 0:
     out = os.path.join(FLAGS.workdir, 'eval', f'{FLAGS.split}_{FLAGS.checkpoint}.json')
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + '.tmp', 'w') as f:
       json.dump(result, f, indent=1)
     os.replace(out + '.tmp', out)

@@ -133,10 +133,10 @@ def main(argv):
   stems = output_stems(paths, FLAGS.output_dir, ('.png', '_overlay.png') + (('.npy',) if FLAGS.save_probs else ()))
   model_cfg, info, tile, params, with_context, tiles_per_device = network()
   images = [read_image(p, tile, FLAGS.max_pixels) for p in paths]  # every file is checked before anything is written
+  cli.check_writable(FLAGS.output_dir, '--output_dir')
   mesh = sharding.make_mesh()
   predictor = Predictor(model_cfg, info, tile, mesh, with_context=with_context, tiles_per_device=tiles_per_device)
   params = jax.device_put(params, sharding.replicated(mesh))
-  os.makedirs(FLAGS.output_dir, exist_ok=True)
   for path, image, stem in zip(paths, images, stems):
     fill = [np.zeros_like(image)] * (mesh.size - 1)  # one image per call, the batch filled up per device
     probs = predictor.probabilities(params, [image] + fill)[0]

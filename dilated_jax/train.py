@@ -9,7 +9,6 @@ The context stage trains on the front end's scores, computed once and cached in 
 import json
 import os
 import signal
-import tempfile
 import time
 
 from absl import app, flags, logging
@@ -172,9 +171,16 @@ class Log:
                  scalars['loss'], scalars['accuracy'], scalars['miou'], speed_text, progress.duration(eta))
 
   def close(self):
-    if self.main:
+    if not self.main:
+      return
+    self.jsonl.close()
+    try:
       self.tb.close()
-      self.jsonl.close()
+    except OSError:  # a full disk. tensorboardX would try again at exit, and its thread read a torn-down queue:
+      writer = self.tb.file_writer.event_writer  # two more tracebacks after the run's error line
+      writer._closed = True  # noqa: SLF001 - no public way to give up on a writer
+      writer._worker.stop()  # noqa: SLF001
+      raise
 
 
 def _keep_lines_up_to(path, step):
@@ -193,6 +199,21 @@ def _keep_lines_up_to(path, step):
   with open(path + '.tmp', 'w') as f:
     f.writelines(kept)
   os.replace(path + '.tmp', path)
+
+
+def _close_all(closers, quiet: bool = False):
+  """Calls every closer, even after one fails; then raises the first failure, or (quiet: another error is already
+  on its way) logs each as a warning line."""
+  errors = []
+  for close in closers:
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001 - collected, then raised or logged
+      errors.append(e)
+  if errors and not quiet:
+    raise errors[0]
+  for e in errors:
+    logging.warning('while stopping: %s', ' '.join(str(e).split()))
 
 
 # ------------------------------------------------------------------ training
@@ -228,7 +249,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
     raise InputError('init_weights: give init_from (a workdir) or init_weights (a weights file), not both')
 
   workdir = os.path.abspath(workdir)
-  _check_writable(workdir)
+  cli.check_writable(workdir, 'workdir')
   _write_config(cfg, workdir)
 
   # --- parameters: (resuming) this workdir's newest readable checkpoint, or fresh, or from the previous stage
@@ -314,6 +335,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
             + (f'the last checkpoint, {checkpoint.step_dir(workdir, last[-1])}, is intact' if last
                else 'no checkpoint written'))
 
+  # Run at the end, in this order, whatever happened: the input workers stop, the last save is waited for.
+  closers = [inputs.close, lambda: checkpoint.wait(mngr, close=True), log.close]
+  if not several:
+    closers.append(lambda: signal.signal(signal.SIGTERM, previous_handler))
   try:
     for step in range(start + 1, cfg.total_steps + 1):
       t = time.perf_counter()
@@ -350,13 +375,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
       if stop_now:
         logging.warning('preempted (SIGTERM): checkpoint at step %d written, exiting', step)
         break
-  finally:
-    inputs.close()  # stops the input workers
-    mngr.wait_until_finished()
-    mngr.close()
-    log.close()
-    if not several:
-      signal.signal(signal.SIGTERM, previous_handler)
+  except BaseException:
+    _close_all(closers, quiet=True)  # the run's own error is the one to report
+    raise
+  _close_all(closers)
   if stop_now:
     raise SystemExit(128 + signal.SIGTERM)
   if result is None:  # resumed after the last step: evaluate the final parameters again
@@ -386,18 +408,6 @@ def check_settings(cfg):
 
 def _initial_state(params, tx, trainable):
   return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init({k: params[k] for k in trainable})}
-
-
-def _check_writable(workdir):
-  """OSError naming the workdir when it cannot be made or written: before anything else is written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    # A fresh name (O_EXCL): hosts sharing the workdir may have processes of equal ids.
-    fd, probe = tempfile.mkstemp(prefix='.write_test.', dir=workdir)
-    os.close(fd)
-    os.remove(probe)
-  except OSError as e:
-    raise OSError(f'workdir: {workdir} is not a writable folder ({e.strerror or e})') from None
 
 
 def _merge(params, loaded, keys, source):

@@ -153,6 +153,12 @@ def test_a_run_killed_at_any_moment_ends_bitwise_where_an_uninterrupted_one_does
     # The input workers have no one left to close them: they notice and exit by themselves.
     assert not psutil.wait_procs(workers, timeout=10)[1], 'input workers outlived the killed run'
 
+  # SIGKILL in the asynchronous save of the final step (during or after its evaluation): the step before stays.
+  r = subprocess.run([sys.executable, '-c', KILL_IN_COMMIT, *args], cwd=ROOT, env=dict(env, KILL_AT_STEP='16'),
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+  assert '16.orbax-checkpoint-tmp' in os.listdir(work / 'checkpoints') and checkpoint.steps(work)[-1] == 14
+
   r = run(env, *args)  # the same command, to the end
   assert r.returncode == 0, r.stderr[-3000:]
   assert_bitwise_equal(checkpoint.load_params(str(straight)), checkpoint.load_params(str(work)))
@@ -468,3 +474,29 @@ def test_checkpoint_reader_refuses_random_and_truncated_bytes_or_reads_the_one_b
     # what a restore does not need may be damaged; otherwise the checkpoint before is read, never other values
     assert any(all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(p)))
                for p in intact), name
+
+
+def test_a_checkpoint_the_filesystem_refuses_is_one_line_and_the_ones_before_stay_readable(tmp_path, env):
+  """A full disk or a quota during a save: the file-size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) makes the
+  step's array file fail to write as ENOSPC would, without the privileges a small tmpfs needs."""
+  import resource
+  work = tmp_path / 'w'
+  r = run(env, *train_args(work, '--config.total_steps=2', '--config.checkpoint_every=2'))
+  assert r.returncode == 0, r.stderr[-3000:]
+  before = files(work / 'checkpoints' / '2')
+
+  def small_files():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+  r = subprocess.run(command('dilated_jax.train', *train_args(work, '--config.total_steps=4', '--config.checkpoint_every=2',
+                                                               '--config.data.workers=0')),  # no shared memory
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+  assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: {work / "checkpoints"}: a checkpoint could not be written (') and \
+      last.endswith('the checkpoints before it are intact'), last
+  assert checkpoint.steps(work) == [2] and files(work / 'checkpoints' / '2') == before
+  r = run(env, *train_args(work, '--config.total_steps=4', '--config.checkpoint_every=2'))  # room again: resumes
+  assert r.returncode == 0 and f'resumed from {work / "checkpoints" / "2"}' in r.stderr, r.stderr[-3000:]
+  assert checkpoint.steps(work) == [2, 4]

@@ -117,6 +117,15 @@ def test_evaluate_and_predict_entry_points(tmp_path):
   assert '| model | background | frame1 | frame2 | disc1 | disc2 | mIoU |' in r.stdout
   result = json.load(open(os.path.join(work, 'eval', 'test_best.json')))
   assert result['num_images'] == 4 and 0 <= result['miou'] <= 1
+  # An output folder that cannot be written: one line naming it, before any evaluation or prediction runs.
+  os.rename(os.path.join(work, 'eval'), os.path.join(work, 'eval.kept'))
+  open(os.path.join(work, 'eval'), 'w').close()  # a file where the folder goes (root writes through permissions)
+  r = run_module('dilated_jax.evaluate', *cfg_flags, f'--workdir={work}', '--split=test',
+                 '--config.data.synthetic.test_size=4')
+  assert r.returncode == 2 and 'evaluation:' not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1].startswith(f'error: --workdir: {work}/eval is not a writable folder')
+  os.remove(os.path.join(work, 'eval'))
+  os.rename(os.path.join(work, 'eval.kept'), os.path.join(work, 'eval'))
   r = run_module('dilated_jax.data.synthetic', f'--output_dir={tmp_path}/scenes', '--count=1')
   assert r.returncode == 0, r.stderr[-2000:]
   scene = f'{tmp_path}/scenes/test_0000.png'
@@ -127,6 +136,9 @@ def test_evaluate_and_predict_entry_points(tmp_path):
   assert r.returncode == 2 and 'Traceback' not in r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith(f'error: {bad}')
   assert not out.exists()  # nothing written when one of the images is bad
+  r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={bad}/out', scene)
+  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+      f'error: --output_dir: {bad}/out is not a writable folder (Not a directory)'), r.stderr[-2000:]
   r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={out}', '--save_probs', scene)
   assert r.returncode == 0, r.stderr[-2000:]
   assert Image.open(out / 'test_0000.png').size == (128, 128)  # the scene files are full-size (128 px)
@@ -208,14 +220,14 @@ def test_a_workdir_already_past_total_steps_is_refused_not_relabelled(tmp_path):
 def test_the_workdir_write_probe_never_collides_between_hosts_of_equal_process_ids(tmp_path):
   """Threads of one process stand in for hosts whose processes have equal ids on a shared filesystem."""
   import threading
-  from dilated_jax.train import _check_writable
+  from dilated_jax.cli import check_writable
 
   errors = []
 
   def probe():
     for _ in range(300):
       try:
-        _check_writable(str(tmp_path))
+        check_writable(str(tmp_path), 'workdir')
       except OSError as e:
         errors.append(e)
 
