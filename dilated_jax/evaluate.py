@@ -22,7 +22,7 @@ import numpy as np
 from dilated_jax import InputError, checkpoint, cli, metrics, progress, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax.data import pipeline, tiling
-from dilated_jax.models import build_model, upsample_probabilities
+from dilated_jax.models import build_model, label_offset, upsample_probabilities
 
 
 def stitch(maps, grid):
@@ -68,7 +68,8 @@ class Predictor:
     if not isinstance(tiles_per_device, int) or tiles_per_device < 1:
       raise InputError(f'eval.tiles_per_device: expected an integer >= 1, got {tiles_per_device!r}')
     self.tiles_per_device = tiles_per_device
-    self.tiling = tiling.Tiling(self.tile, self.margin, self.stride, self.mean_bgr)
+    self.tiling = tiling.Tiling(self.tile, self.margin, self.stride, self.mean_bgr,
+                                label_offset(self.upsample, self.stride))
 
   def _tile_scores(self, params, tiles):
     """(N, th / s, tw / s, C) scores of N tiles sharded over the mesh; each device runs its own in chunks."""

@@ -156,15 +156,17 @@ class CacheWriter:
       f.close()
 
 
-def cache_path(folder: str, tile, front_end_params, data_cfg, source) -> str:
+def cache_path(folder: str, tiling, front_end_params, data_cfg, source) -> str:
   """`folder/features/train_<hash>`: a hash of the front end's parameters, the data settings, the tile and the
   prepared split's files (`Split.identity`: names, sizes, modification times), so that every context run from one
-  front end shares the cache, and a changed front end or a dataset prepared again never reads a stale one."""
+  front end shares the cache, and a changed front end or a dataset prepared again never reads a stale one. Labels
+  read at an offset (`tiling.label_offset`, the deconvolution presets) make another cache."""
   import jax  # here: see the module's docstring
 
   settings = json.loads(data_cfg.to_json())
   settings.pop('workers', None)  # how many processes read the data does not change a score
-  digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode() + repr(tuple(tile)).encode()
+  digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode() + repr(tuple(tiling.tile)).encode()
+                          + (f' label offset {tiling.label_offset}'.encode() if tiling.label_offset else b'')
                           + repr(getattr(source, 'identity', None)).encode())  # synthetic: its config says it all
   for leaf in jax.tree.leaves(front_end_params):
     digest.update(np.ascontiguousarray(leaf).tobytes())
@@ -182,7 +184,7 @@ def cached_scores(folder, source, predictor, front_end_params, data_cfg, workers
   import jax  # here: see the module's docstring
   from jax.experimental import multihost_utils
 
-  path = cache_path(folder, predictor.tile, front_end_params, data_cfg, source)
+  path = cache_path(folder, predictor.tiling, front_end_params, data_cfg, source)
   main = jax.process_index() == 0
   usable = _usable(path) if main else False
   if jax.process_count() > 1:  # every process must compute, or none: process 0 decides

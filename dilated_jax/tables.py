@@ -4,7 +4,9 @@
 
 Each workdir contributes the evaluation JSONs in WORKDIR/eval/ (written by `evaluate` and by `train`); the table is
 chosen by the dataset and split in the JSON (pascal_voc val: Table 3, test: Tables 2 and 4; camvid test: Table 5;
-kitti test: Table 6; cityscapes val/test: Table 7). Prints Markdown; with --output_dir also writes CSV files.
+kitti test: Table 6; cityscapes val/test: Table 7), the row by what the run is (`paper_row`: stage, context module,
+the data its front end saw); a run the paper has no figure for says so. Prints Markdown; with --output_dir also
+writes CSV files.
 """
 
 import csv
@@ -21,28 +23,65 @@ from dilated_jax.paper_results import TABLES
 # (dataset, split) -> the paper's tables of it.
 TABLES_OF = {('pascal_voc', 'val'): (3,), ('pascal_voc', 'test'): (2, 4), ('camvid', 'test'): (5,),
              ('kitti', 'test'): (6,), ('cityscapes', 'val'): (7,), ('cityscapes', 'test'): (7,)}
+NO_FIGURE = 'no paper figure'
 
 
-def reference_row(table: int, run: dict) -> str:
-  """The paper's row that a run reproduces, for the difference column."""
-  if table == 3:
-    stage, multipliers = run.get('stage'), run.get('channel_multipliers') or ()
-    return 'Front end' if stage == 'frontend' else ('Front + Large' if max(multipliers, default=1) > 1 else
-                                                      'Front + Basic')
-  return {2: 'Our front end', 4: 'Context', 5: 'Dilation8', 6: 'Dilation7', 7: run.get('split', 'val')}[table]
+def paper_row(table: int, run: dict) -> str | None:
+  """The row of `table` that `run` reproduces, by what the run is: its stage, its context module, its split and (VOC)
+  the data its front end saw; None where the paper gives no figure for such a run.
+
+  VOC (section 5): Table 2 is the front end trained on VOC + SBD (test only); Tables 3 (val) and 4 (test) build on
+  the COCO-trained front end, with Basic and Large modules on val and the Large one ('Context') on test. The urban
+  datasets' Dilation7/8/10 are front end + context module (section 6): a front end alone has no figure.
+  """
+  stage, context, training = run.get('stage'), run.get('context'), run.get('training')
+  if table == 2:
+    return 'Our front end' if stage == 'frontend' and training == 'voc_sbd' else None
+  if table in (3, 4):
+    if training != 'coco':
+      return None
+    if stage == 'frontend':
+      return 'Front end'
+    return {3: {'basic': 'Front + Basic', 'large': 'Front + Large'}, 4: {'large': 'Context'}}[table].get(context)
+  if stage not in ('context', 'joint'):
+    return None
+  return {5: 'Dilation8', 6: 'Dilation7', 7: run.get('split')}[table]
+
+
+def _config(workdir: str) -> dict:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def training_data(config: dict, seen=()) -> str | None:
+  """What the front end under a VOC run was trained on: 'coco' (VOC + SBD + COCO, fine-tuned or not), 'voc_sbd', or
+  None when it cannot be told (a workdir started from one that is gone). Context and joint runs, and a front end
+  fine-tuned from another (init_from), are what their init_from was."""
+  data = config.get('data', {})
+  if data.get('variant') == 'coco':
+    return 'coco'
+  init_from = config.get('init_from')
+  if init_from:
+    if init_from in seen or not os.path.isdir(init_from):
+      return None
+    return training_data(_config(init_from), seen + (init_from,))
+  return 'voc_sbd' if config.get('stage') == 'frontend' and data.get('variant') == 'sbd' else None
 
 
 def load_runs(workdirs) -> list[dict]:
-  """One entry per evaluation JSON: name (the workdir's name), dataset, split, stage, per-class IoU, mIoU."""
+  """One entry per evaluation JSON: name (the workdir's name), dataset, split, stage, context ('basic', 'large' or
+  None), training (VOC: `training_data`), per-class IoU, mIoU."""
   runs = []
   for workdir in workdirs:
     paths = sorted(glob.glob(os.path.join(workdir, 'eval', '*.json')))
     if not paths:
       raise FileNotFoundError(f'{workdir}/eval: no evaluation JSON (run dilated_jax.evaluate on this workdir)')
-    config = {}
-    if os.path.exists(os.path.join(workdir, 'config.json')):
-      with open(os.path.join(workdir, 'config.json')) as f:
-        config = json.load(f)
+    config = _config(workdir)
+    multipliers = config.get('model', {}).get('context', {}).get('channel_multipliers') or ()
+    stage = config.get('stage')
     for path in paths:
       with open(path) as f:
         result = json.load(f)
@@ -51,9 +90,9 @@ def load_runs(workdirs) -> list[dict]:
           raise InputError(f'{path}: not an evaluation result (no {key!r})')
       runs.append(dict(
           name=f'{os.path.basename(os.path.normpath(workdir))} ({os.path.splitext(os.path.basename(path))[0]})',
-          dataset=result.get('dataset') or config.get('data', {}).get('name'), split=result['split'],
-          stage=config.get('stage'), channel_multipliers=config.get('model', {}).get('context', {}).get(
-              'channel_multipliers'), iou=result['iou'], miou=result['miou']))
+          dataset=result.get('dataset') or config.get('data', {}).get('name'), split=result['split'], stage=stage,
+          context=None if stage == 'frontend' else 'large' if max(multipliers, default=1) > 1 else 'basic',
+          training=training_data(config), iou=result['iou'], miou=result['miou']))
   return runs
 
 
@@ -71,7 +110,8 @@ class Diff(float):
 
 
 def paper_table(table: int, runs: list[dict]) -> tuple[list[str], list[list]]:
-  """Header and rows: the paper's rows, then each of our runs and its difference to the paper's row it reproduces."""
+  """Header and rows: the paper's rows, then each of our runs and its difference to the paper's row it reproduces
+  (`paper_row`), or a 'no paper figure' line."""
   t = TABLES[table]
   classes = t['columns'][:-1]
   columns = ['model', *t['columns']]
@@ -81,8 +121,9 @@ def paper_table(table: int, runs: list[dict]) -> tuple[list[str], list[list]]:
     ours = np.array([100 * v if (v := run['iou'].get(c)) is not None else np.nan for c in classes] +
                     [100 * run['miou']])
     rows.append([f'ours: {run["name"]}', *ours])
-    ref = reference_row(table, run)
-    rows.append([f'ours - {ref}', *(Diff(d) for d in ours - paper[ref])])
+    ref = paper_row(table, run)
+    rows.append([f'ours - {ref}', *(Diff(d) for d in ours - paper[ref])] if ref else
+                [NO_FIGURE, *[None] * len(ours)])
   return columns, rows
 
 
@@ -94,8 +135,11 @@ def main(argv):
   printed = False
   for (dataset, split), tables in TABLES_OF.items():
     mine = [r for r in runs if r['dataset'] == dataset and r['split'] == split]
-    for table in tables if mine else ():
-      columns, rows = paper_table(table, mine)
+    # Each run once: in the table that has its row, or with 'no paper figure' in the last table of its split.
+    placed = {t: [r for r in mine if paper_row(t, r)] for t in tables}
+    placed[tables[-1]] += [r for r in mine if not any(paper_row(t, r) for t in tables)]
+    for table in (t for t in tables if placed[t]):
+      columns, rows = paper_table(table, placed[table])
       print(f'\nTable {table}: {TABLES[table]["title"]}\n\n{markdown(columns, rows)}')
       printed = True
       if FLAGS.output_dir:

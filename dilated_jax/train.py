@@ -25,7 +25,7 @@ from dilated_jax import receptive_field as rf
 from dilated_jax.data import pipeline
 from dilated_jax.data.info import IGNORE_LABEL
 from dilated_jax.evaluate import Predictor, evaluate, report
-from dilated_jax.models import build_model
+from dilated_jax.models import build_model, label_offset
 
 # ------------------------------------------------------------------ loss and optimizer
 
@@ -119,7 +119,8 @@ def image_examples(cfg, source, model, info):
 
   make_example = pipeline.ImageExamples(source, info.num_classes, crop=crop, margin=fe.margin, stride=fe.stride,
                                         out_hw=out_hw, flip=cfg.data.flip,
-                                        scale_range=tuple(cfg.data.scale_range))
+                                        scale_range=tuple(cfg.data.scale_range),
+                                        label_offset=label_offset(cfg.model.upsample, fe.stride))
   return make_example, crop
 
 
@@ -369,7 +370,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
           stop_now = True
         else:
           log.write(step, {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, cfg.eval.split)
-          checkpoint.record_miou(mngr, workdir, step, result['miou'])
+          if cfg.eval.split != 'test':  # 'best' is chosen on validation data only, never on the test set
+            checkpoint.record_miou(mngr, workdir, step, result['miou'])
           if jax.process_index() == 0:
             logging.info('step %d: %s mIoU %.4f', step, cfg.eval.split, result['miou'])
       if stop_now:

@@ -17,6 +17,8 @@ from dilated_jax import config as base_config
 def get_config(arg=None):
   args = base_config.parse_arg(arg, stage=('frontend', 'joint'))
   cfg = base_config.urban_frontend(base_config.base('kitti'))  # Dilation7 context, 'same' padding
+  # Evaluated on test (the paper's tables; KITTI has no val split): a test evaluation never picks the 'best'
+  # checkpoint, which stays the latest.
   cfg.eval.split = 'test'
   cfg.total_steps = 10_000  # front end: 10K (paper)
   if args['stage'] == 'joint':  # paper: crops of 900, momentum 0.99, otherwise as CamVid (batch 1, lr 1e-5); 20K

@@ -33,6 +33,5 @@ def get_config(arg=None):
   else:  # 3.2 stage 2: VOC only, 50K at 1e-5, from the data=coco run
     cfg.data.variant = 'sbd'  # dataset variant: VOC 2012 train + SBD, as data=voc_sbd
     cfg.update(total_steps=50_000, lr=1e-5)
-    # init_from: the data=coco workdir, given on the command line. NOTE: train.py reads init_from only for the
-    # context and joint stages so far; a front-end stage starts from its own initialisation.
+    # init_from: the data=coco workdir, given on the command line (its parameters; the optimizer starts afresh).
   return base_config.finalize(cfg)

@@ -235,7 +235,7 @@ def test_a_run_that_loses_the_race_to_write_the_cache_uses_the_winners(tmp_path,
 
   def compute_while_another_run_finishes(tmp, *args):
     compute(tmp, *args)
-    shutil.copytree(winner, score_cache.cache_path(str(tmp_path), predictor.tile, params, cfg.data, source))
+    shutil.copytree(winner, score_cache.cache_path(str(tmp_path), predictor.tiling, params, cfg.data, source))
 
   monkeypatch.setattr(score_cache, '_compute', compute_while_another_run_finishes)
   cache = score_cache.cached_scores(str(tmp_path), source, predictor, params, cfg.data)
@@ -269,7 +269,7 @@ def test_a_dataset_prepared_again_gets_another_cache(tmp_path, front_end):
   fixtures.write_camvid_segnet(str(tmp_path / 'raw'))
   data = tmp_path / 'data'
   builder.prepare(camvid.Builder, str(tmp_path / 'raw'), str(data))
-  key = lambda: score_cache.cache_path(str(tmp_path), predictor.tile, params, cfg.data,  # noqa: E731
+  key = lambda: score_cache.cache_path(str(tmp_path), predictor.tiling, params, cfg.data,  # noqa: E731
                                        builder.open_split(camvid.Builder, str(data), 'train'))
   first = key()
   assert key() == first

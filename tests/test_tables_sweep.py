@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_eval(workdir, dataset, split, iou, stage='joint', multipliers=(1,) * 7):
+  """An evaluation JSON and a minimal config.json: a joint (front end + Basic module) run."""
   os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
   with open(os.path.join(workdir, 'eval', f'{split}_best.json'), 'w') as f:
     json.dump({'dataset': dataset, 'split': split, 'iou': iou, 'miou': float(np.mean(list(iou.values())))}, f)
@@ -52,14 +53,59 @@ def test_our_row_and_its_difference_to_the_paper(tmp_path):
   assert '| ours - Dilation8 | ' + f'{100 * iou["Building"] - paper[0]:+.1f}' in tables.markdown(columns, rows)
 
 
-def test_voc_context_runs_compare_with_their_own_rows(tmp_path):
-  names = DATASETS['pascal_voc'].class_names
-  write_eval(str(tmp_path / 'large'), 'pascal_voc', 'val', {n: 0.7 for n in names}, 'context', (2, 2, 4, 8, 16, 32, 32))
-  write_eval(str(tmp_path / 'front'), 'pascal_voc', 'val', {n: 0.7 for n in names}, 'frontend')
-  runs = tables.load_runs([str(tmp_path / 'large'), str(tmp_path / 'front')])
-  _, rows = tables.paper_table(3, runs)
-  assert [r[0] for r in rows[-4:]] == ['ours: large (val_best)', 'ours - Front + Large', 'ours: front (val_best)',
-                                       'ours - Front end']
+def experiment_workdir(tmp_path, name, spec, split, init_from=None):
+  """A workdir as train leaves it: the experiment config's config.json (init_from set) and one evaluation JSON."""
+  from dilated_jax import config as config_lib
+  cfg = json.loads(config_lib.load(os.path.join(ROOT, spec)).to_json())
+  cfg['init_from'] = init_from or ''
+  workdir = str(tmp_path / name)
+  dataset = cfg['data']['name']
+  write_eval(workdir, dataset, split, {n: 0.6 for n in DATASETS[dataset].class_names})
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(cfg, f)
+  return workdir
+
+
+def test_each_experiment_config_meets_the_paper_row_of_what_it_trains(tmp_path):
+  """Rows by what the run is: the VOC + SBD front end only in Table 2 (test), the COCO-trained front end and its
+  context modules in Tables 3 (val) and 4 (test), urban front ends alone nowhere."""
+  expected = {  # (experiment, init_from) -> {split: {table: row}}
+      ('voc_frontend.py:data=voc_sbd', None): {'val': {3: None}, 'test': {2: 'Our front end', 4: None}},
+      ('voc_frontend.py:data=coco', None): {'val': {3: 'Front end'}, 'test': {2: None, 4: 'Front end'}},
+      ('voc_frontend.py:data=voc_finetune', 'coco'): {'val': {3: 'Front end'}, 'test': {2: None, 4: 'Front end'}},
+      ('voc_context.py:variant=basic', 'finetune'): {'val': {3: 'Front + Basic'}, 'test': {2: None, 4: None}},
+      ('voc_context.py:variant=large', 'finetune'): {'val': {3: 'Front + Large'}, 'test': {2: None, 4: 'Context'}},
+      ('voc_context.py:variant=large', 'sbd'): {'val': {3: None}, 'test': {2: None, 4: None}},
+      ('camvid_dilation8.py:stage=frontend', None): {'test': {5: None}},
+      ('camvid_dilation8.py:stage=joint', None): {'test': {5: 'Dilation8'}},
+      ('kitti_dilation7.py:stage=frontend', None): {'test': {6: None}},
+      ('kitti_dilation7.py:stage=joint', None): {'test': {6: 'Dilation7'}},
+      ('cityscapes_dilation10.py:stage=frontend', None): {'val': {7: None}},
+      ('cityscapes_dilation10.py:stage=context', None): {'val': {7: 'val'}, 'test': {7: 'test'}},
+      ('cityscapes_dilation10.py:stage=joint', None): {'val': {7: 'val'}},
+  }
+  fronts = {'coco': experiment_workdir(tmp_path, 'coco', 'experiments/voc_frontend.py:data=coco', 'val'),
+            'sbd': experiment_workdir(tmp_path, 'sbd', 'experiments/voc_frontend.py:data=voc_sbd', 'val')}
+  fronts['finetune'] = experiment_workdir(tmp_path, 'finetune', 'experiments/voc_frontend.py:data=voc_finetune',
+                                          'val', fronts['coco'])
+  for i, ((spec, parent), splits) in enumerate(expected.items()):
+    for split, rows in splits.items():
+      workdir = experiment_workdir(tmp_path, f'run{i}_{split}', f'experiments/{spec}', split, fronts.get(parent))
+      [run] = tables.load_runs([workdir])
+      for table, row in rows.items():
+        assert tables.paper_row(table, run) == row, (spec, parent, split, table)
+
+
+def test_a_run_appears_once_per_split_and_says_when_the_paper_has_no_figure(tmp_path):
+  front = experiment_workdir(tmp_path, 'front', 'experiments/voc_frontend.py:data=coco', 'test')
+  basic = experiment_workdir(tmp_path, 'basic', 'experiments/voc_context.py:variant=basic', 'test', front)
+  r = subprocess.run([sys.executable, '-m', 'dilated_jax.tables', front, basic], cwd=ROOT, capture_output=True,
+                     text=True)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.count('| ours: front (test_best) |') == 1 and r.stdout.count('| ours: basic (test_best) |') == 1
+  table4 = r.stdout[r.stdout.index('Table 4'):]
+  assert '| ours - Front end |' in table4 and '| no paper figure |' in r.stdout
+  assert 'Table 2' not in r.stdout  # neither run is the VOC + SBD front end
 
 
 def test_tables_command_prints_and_writes_csv(tmp_path):

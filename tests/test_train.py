@@ -307,3 +307,20 @@ def test_retention_keeps_the_newest_and_the_best_recorded_step_and_best_reads_it
   assert checkpoint.steps(workdir) == [4, 8]
   assert_trees_equal(checkpoint.load_params(workdir, 'best'), params_at[4])
   assert_trees_equal(checkpoint.load_params(workdir, 'latest'), params_at[8])
+
+
+def test_evaluations_on_the_test_split_never_choose_the_best_checkpoint(tmp_path, monkeypatch):
+  """CamVid and KITTI evaluate on test: 'best' must not be picked on it (it stays the latest checkpoint)."""
+  import dilated_jax.train as train_module
+
+  mious = iter([0.9, 0.1])  # step 2 would be the best
+
+  def scripted(predictor, params, source, info, *args, **kwargs):
+    return {'miou': next(mious), 'pixel_accuracy': 0.0, 'iou': dict.fromkeys(info.class_names, 0.5)}
+
+  monkeypatch.setattr(train_module, 'evaluate', scripted)
+  cfg = tiny(total_steps=4, eval_every=2, checkpoint_every=2)
+  cfg.eval.split = 'test'
+  train(cfg, str(tmp_path / 'w'))
+  assert checkpoint.best_step(str(tmp_path / 'w')) is None
+  assert not (tmp_path / 'w' / 'checkpoints' / '2' / 'metrics').exists()

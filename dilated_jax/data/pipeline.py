@@ -78,8 +78,9 @@ def rescale(image_rgb: np.ndarray, label: np.ndarray, scale: float):
 
 
 def train_example(image_rgb, label, *, crop, margin, stride, out_hw, rng: np.random.Generator, flip: bool = True,
-                  scale_range=(1.0, 1.0)):
-  """One training pair: optional random rescaling, pad, uniform random crop, random horizontal flip, label slice.
+                  scale_range=(1.0, 1.0), label_offset: int = 0):
+  """One training pair: optional random rescaling, pad, uniform random crop, random horizontal flip, label slice
+  (output cell i supervised by pixel stride * i + label_offset of the unpadded crop: `models.label_offset`).
 
   The image stays RGB uint8 (a quarter of float32's bytes to move to the training process and the devices); the
   train step turns it into the network's input with `to_network_input`, on the device. The crop is read through
@@ -99,7 +100,7 @@ def train_example(image_rgb, label, *, crop, margin, stride, out_hw, rng: np.ran
   label = np.where(inside, label, IGNORE_LABEL)
   if flip and rng.random() < 0.5:
     image, label = image[:, ::-1], label[:, ::-1]
-  return {'image': np.ascontiguousarray(image), 'label': label_slice(label, margin, stride, out_hw)}
+  return {'image': np.ascontiguousarray(image), 'label': label_slice(label, margin + label_offset, stride, out_hw)}
 
 
 def read_record(source, i: int, num_classes: int):

@@ -16,8 +16,9 @@ class Tiling:
   """Cuts an image, BGR minus the mean and reflect-padded by the margin, into tiles whose outputs are `tile` pixels
   and do not overlap; short tiles at the bottom and right are reflect-padded."""
 
-  def __init__(self, tile, margin: int, stride: int, mean_bgr):
+  def __init__(self, tile, margin: int, stride: int, mean_bgr, label_offset: int = 0):
     self.tile, self.margin, self.stride = tuple(int(t) for t in tile), int(margin), int(stride)
+    self.label_offset = int(label_offset)  # the pixel of a cell's block that supervises it: `models.label_offset`
     self.mean_bgr = tuple(float(m) for m in mean_bgr)
 
   def grid(self, hw) -> tuple[int, int]:
@@ -97,6 +98,6 @@ class TiledBatches:
       cells = np.full((len(mine),) + size, IGNORE_LABEL, np.uint8)
       for c, g, j in zip(cells, grids, mine):
         own = self.tiling.cells(g)
-        c[:own[0], :own[1]] = pipeline.label_slice(labels[j], 0, self.tiling.stride, own)
+        c[:own[0], :own[1]] = pipeline.label_slice(labels[j], self.tiling.label_offset, self.tiling.stride, own)
       out.update(cells=cells, grids=grids)
     return out

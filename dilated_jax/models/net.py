@@ -28,6 +28,13 @@ class DilationNet(nn.Module):
     return scores if self.context_module is None else self.context_module(scores)
 
 
+def label_offset(mode: str, stride: int) -> int:
+  """Where in its stride x stride block the label of an output cell is read in training: the pixel the upsampling
+  puts the cell on. The zoom puts cell i at pixel s i (corner-aligned); the bilinear deconvolution (kernel 2s, pad
+  s / 2) at s i + (s - 1) / 2, 3.5 for s = 8, so its cells are supervised by pixel s i + s / 2 (docs/decisions.md)."""
+  return 0 if mode == 'zoom' else stride // 2
+
+
 def upsample_probabilities(scores, mode: str, zoom: int, out_hw: tuple[int, int]):
   """Full-resolution class probabilities from 1/zoom scores: softmax then corner-aligned zoom, or deconv then softmax."""
   if mode == 'zoom':
