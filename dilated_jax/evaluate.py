@@ -151,9 +151,16 @@ def evaluate(predictor: Predictor, params, source, info, batch_size: int, worker
     batches.close()  # the worker processes, also when a record fails
   confusion = np.asarray(jax.device_get(confusion))
   result = metrics.scores(confusion)
-  return {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy'],
-          'iou': dict(zip(info.class_names, [None if np.isnan(v) else float(v) for v in result['iou']])),
-          'confusion': confusion.tolist(), 'num_images': len(source)}
+  out = {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy'], 'iou': _named(info.class_names, result),
+         'confusion': confusion.tolist(), 'num_images': len(source)}
+  if info.categories:  # Cityscapes: category IoU (Table 8)
+    categories = metrics.scores(metrics.category_confusion(confusion, info.class_names, info.categories))
+    out.update(category_iou=_named([c for c, _ in info.categories], categories), category_miou=categories['miou'])
+  return out
+
+
+def _named(names, result) -> dict:
+  return dict(zip(names, [None if np.isnan(v) else float(v) for v in result['iou']]))
 
 
 def report(result: dict, info, title: str) -> str:

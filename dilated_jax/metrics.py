@@ -27,6 +27,16 @@ def scores(confusion) -> dict:
           'pixel_accuracy': float(tp.sum() / total) if total else float('nan')}
 
 
+def category_confusion(confusion, class_names, categories) -> np.ndarray:
+  """The (K, K) confusion of K categories from a class confusion: both the label and the prediction mapped to
+  their category, as the Cityscapes scripts' category IoU (Table 8)."""
+  index = {name: i for i, name in enumerate(class_names)}
+  member = np.zeros((len(categories), len(class_names)))
+  for k, (_, names) in enumerate(categories):
+    member[k, [index[n] for n in names]] = 1
+  return member @ np.asarray(confusion, np.float64) @ member.T
+
+
 def iou_table(class_names, iou, title: str = 'IoU (%)') -> str:
   """A Markdown table: one column per class in the dataset's (the paper's) order, then mIoU."""
   head = '| ' + ' | '.join(('model',) + tuple(class_names) + ('mIoU',)) + ' |'

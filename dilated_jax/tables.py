@@ -4,9 +4,9 @@
 
 Each workdir contributes the evaluation JSONs in WORKDIR/eval/ (written by `evaluate` and by `train`); the table is
 chosen by the dataset and split in the JSON (pascal_voc val: Table 3, test: Tables 2 and 4; camvid test: Table 5;
-kitti test: Table 6; cityscapes val/test: Table 7), the row by what the run is (`paper_row`: stage, context module,
-the data its front end saw); a run the paper has no figure for says so. Prints Markdown; with --output_dir also
-writes CSV files.
+kitti test: Table 6; cityscapes val/test: Tables 7 and 8, class and category IoU), the row by what the run is
+(`paper_row`: stage, context module, the data its front end saw); a run the paper has no figure for says so. Prints
+Markdown; with --output_dir also writes CSV files.
 """
 
 import csv
@@ -22,7 +22,7 @@ from dilated_jax.paper_results import TABLES
 
 # (dataset, split) -> the paper's tables of it.
 TABLES_OF = {('pascal_voc', 'val'): (3,), ('pascal_voc', 'test'): (2, 4), ('camvid', 'test'): (5,),
-             ('kitti', 'test'): (6,), ('cityscapes', 'val'): (7,), ('cityscapes', 'test'): (7,)}
+             ('kitti', 'test'): (6,), ('cityscapes', 'val'): (7, 8), ('cityscapes', 'test'): (7, 8)}
 NO_FIGURE = 'no paper figure'
 
 
@@ -45,7 +45,7 @@ def paper_row(table: int, run: dict) -> str | None:
     return {3: {'basic': 'Front + Basic', 'large': 'Front + Large'}, 4: {'large': 'Context'}}[table].get(context)
   if stage not in ('context', 'joint'):
     return None
-  return {5: 'Dilation8', 6: 'Dilation7', 7: run.get('split')}[table]
+  return {5: 'Dilation8', 6: 'Dilation7', 7: run.get('split'), 8: run.get('split')}[table]
 
 
 def _config(workdir: str) -> dict:
@@ -92,7 +92,8 @@ def load_runs(workdirs) -> list[dict]:
           name=f'{os.path.basename(os.path.normpath(workdir))} ({os.path.splitext(os.path.basename(path))[0]})',
           dataset=result.get('dataset') or config.get('data', {}).get('name'), split=result['split'], stage=stage,
           context=None if stage == 'frontend' else 'large' if max(multipliers, default=1) > 1 else 'basic',
-          training=training_data(config), iou=result['iou'], miou=result['miou']))
+          training=training_data(config), iou=result['iou'], miou=result['miou'],
+          category_iou=result.get('category_iou'), category_miou=result.get('category_miou')))
   return runs
 
 
@@ -118,8 +119,8 @@ def paper_table(table: int, runs: list[dict]) -> tuple[list[str], list[list]]:
   rows = [[name, *values] for name, values in t['rows']]
   paper = {name: np.array(values) for name, values in t['rows']}
   for run in runs:
-    ours = np.array([100 * v if (v := run['iou'].get(c)) is not None else np.nan for c in classes] +
-                    [100 * run['miou']])
+    iou, miou = (run['category_iou'], run['category_miou']) if table == 8 else (run['iou'], run['miou'])
+    ours = np.array([100 * v if (v := iou.get(c)) is not None else np.nan for c in classes] + [100 * miou])
     rows.append([f'ours: {run["name"]}', *ours])
     ref = paper_row(table, run)
     rows.append([f'ours - {ref}', *(Diff(d) for d in ours - paper[ref])] if ref else
@@ -135,9 +136,13 @@ def main(argv):
   printed = False
   for (dataset, split), tables in TABLES_OF.items():
     mine = [r for r in runs if r['dataset'] == dataset and r['split'] == split]
-    # Each run once: in the table that has its row, or with 'no paper figure' in the last table of its split.
-    placed = {t: [r for r in mine if paper_row(t, r)] for t in tables}
-    placed[tables[-1]] += [r for r in mine if not any(paper_row(t, r) for t in tables)]
+    # Each run in the table that has its row (Cityscapes: class and category IoU, Tables 7 and 8), or with 'no
+    # paper figure' in the last table of its split that can show it.
+    shows = lambda t, r: t != 8 or r['category_iou'] is not None  # noqa: E731 - evaluations before Table 8 had none
+    placed = {t: [r for r in mine if paper_row(t, r) and shows(t, r)] for t in tables}
+    for run in mine:
+      if not any(paper_row(t, run) for t in tables):
+        placed[[t for t in tables if shows(t, run)][-1]].append(run)
     for table in (t for t in tables if placed[t]):
       columns, rows = paper_table(table, placed[table])
       print(f'\nTable {table}: {TABLES[table]["title"]}\n\n{markdown(columns, rows)}')

@@ -47,6 +47,9 @@ def test_front_end_configs_train_and_evaluate_on_fixture_data(tmp_path, data_dir
   result = train(cfg, str(tmp_path / 'run'), devices=jax.devices()[:1])
   assert 0 <= result['miou'] <= 1 and result['dataset'] == cfg.data.name
   assert result['num_images'] == len(datasets.get_source(cfg.data, cfg.eval.split))
+  if cfg.data.name == 'cityscapes':  # Table 8: category IoU beside the class IoU
+    assert set(result['category_iou']) == {c for c, _ in datasets.dataset_info(cfg.data).categories}
+    assert 0 <= result['category_miou'] <= 1
 
 
 def test_camvid_front_end_then_joint_and_voc_context_stage_on_fixture_data(tmp_path, data_dir):

@@ -190,3 +190,18 @@ def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
   np.testing.assert_array_equal(row[:, 2 * (size + 4):3 * size + 8], row[:, 3 * (size + 4):4 * size + 12])
   with pytest.raises(InputError, match='--indices'):
     figure.draw(cfg, [str(tmp_path / 'run')], 'test', [cfg.data.synthetic.test_size])
+
+
+def test_cityscapes_runs_print_table_8_from_their_category_iou(tmp_path):
+  workdir = experiment_workdir(tmp_path, 'joint', 'experiments/cityscapes_dilation10.py:stage=joint', 'val')
+  path = os.path.join(workdir, 'eval', 'val_best.json')
+  result = json.load(open(path))
+  categories = [c for c, _ in DATASETS['cityscapes'].categories]
+  result.update(category_iou={c: 0.8 for c in categories}, category_miou=0.8)
+  json.dump(result, open(path, 'w'))
+  r = subprocess.run([sys.executable, '-m', 'dilated_jax.tables', workdir], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  table8 = r.stdout[r.stdout.index('Table 8'):]
+  assert '| model | ' + ' | '.join(categories) + ' | mIoU |' in table8
+  paper = dict(TABLES[8]['rows'])['val']
+  assert '| ours - val | ' + ' | '.join(f'{80 - v:+.1f}' for v in paper) + ' |' in table8

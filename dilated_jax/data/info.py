@@ -12,6 +12,7 @@ class DatasetInfo:
   palette: tuple[tuple[int, int, int], ...]  # RGB, index = class id
   mean_bgr: tuple[float, float, float]
   tile: tuple[int, int]  # output tile of test-time tiling: the deploy input minus the front end's shrinkage (372)
+  categories: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (category, its classes): Cityscapes, Table 8
 
   @property
   def num_classes(self) -> int:
@@ -41,7 +42,11 @@ DATASETS = {
         ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
          (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
          (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)),
-        (72.39, 82.91, 73.16), (1024, 1024)),
+        (72.39, 82.91, 73.16), (1024, 1024),
+        # The Cityscapes scripts' categories of the 19 classes (void excluded), in Table 8's column order.
+        (('flat', ('road', 'sidewalk')), ('nature', ('vegetation', 'terrain')),
+         ('object', ('pole', 'light', 'sign')), ('sky', ('sky',)), ('construction', ('building', 'wall', 'fence')),
+         ('human', ('person', 'rider')), ('vehicle', ('car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle')))),
 }
 
 # PIL modes that convert to RGB faithfully: 8-bit grey, palette, colour (alpha dropped), CMYK. Others (grey with
