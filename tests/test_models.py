@@ -186,3 +186,16 @@ def test_bfloat16_compute_keeps_float32_parameters_loss_and_gradients():
   np.testing.assert_allclose(l16, l32, rtol=2e-2)
   final = lambda g: np.asarray(g['front_end']['final']['kernel'])
   assert np.corrcoef(final(g16).ravel(), final(g32).ravel())[0, 1] > 0.95
+
+
+def test_scaled_noise_keeps_the_large_module_near_the_identity_at_initialisation():
+  """Eq. 5 needs sigma << C / c_out: with std 0.01 in the 16C and 32C layers the Large module starts far from the
+  identity (about 65% of argmaxes kept, C = 21); scaled by C / c_out it keeps about 90%."""
+  c = 21
+  x = jax.nn.relu(3 * jax.random.normal(jax.random.key(1), (2, 48, 48, c)))
+  kept = {}
+  for noise in ('fixed', 'scaled'):
+    module = ContextModule(c, ctx.BASIC, ctx.LARGE_MULTIPLIERS, 'same', noise=noise)
+    y = module.apply(module.init(jax.random.key(0), x), x)
+    kept[noise] = float((y.argmax(-1) == x.argmax(-1)).mean())
+  assert kept['scaled'] > 0.85 and kept['fixed'] < 0.75, kept

@@ -8,6 +8,7 @@ Only sizes change: a network 1/32 as wide, 388 px crops (2 x 2 label cells), an 
 import os
 
 import jax
+import numpy as np
 import pytest
 
 import dataset_fixtures as fixtures
@@ -46,7 +47,10 @@ def test_front_end_configs_train_and_evaluate_on_fixture_data(tmp_path, data_dir
   cfg = tiny(spec, data_dir)
   result = train(cfg, str(tmp_path / 'run'), devices=jax.devices()[:1])
   assert 0 <= result['miou'] <= 1 and result['dataset'] == cfg.data.name
-  assert result['num_images'] == len(datasets.get_source(cfg.data, cfg.eval.split))
+  source = datasets.get_source(cfg.data, cfg.eval.split)
+  assert result['num_images'] == len(source)
+  # Every labelled pixel of the split counted exactly once, through tiling, stitching and cropping (void left out).
+  assert np.sum(result['confusion']) == sum(int((source[i][1] != 255).sum()) for i in range(len(source)))
   if cfg.data.name == 'cityscapes':  # Table 8: category IoU beside the class IoU
     assert set(result['category_iou']) == {c for c, _ in datasets.dataset_info(cfg.data).categories}
     assert 0 <= result['category_miou'] <= 1

@@ -174,10 +174,23 @@ def test_scale_augmentation_resizes_image_and_label_together_and_is_off_by_defau
   small_image, small_label = pipeline.rescale(image, label, 0.5)
   assert small_image.shape == (10, 15, 3)
   np.testing.assert_array_equal(small_label, label[1::2, 1::2])  # the pixel under each output centre
-  # a drawn scale is used: examples at scale 2 have the labels of the doubled image
-  ex = pipeline.train_example(image, label, rng=np.random.default_rng(1), scale_range=(2.0, 2.0), **kwargs)
-  values = set(np.unique(ex['label'])) - {IGNORE_LABEL}
-  assert values and values <= set(np.unique(big_label))
+  # The crop is a window of the padded image itself when off, of the padded doubled image at scale 2 (and not of
+  # the other), with the labels of that window.
+  for scale, (im, lab) in ((None, (image, label)), (2.0, (big_image, big_label))):
+    args = dict(kwargs, scale_range=(scale, scale)) if scale else kwargs
+    ex = pipeline.train_example(image, label, rng=np.random.default_rng(1), **args)
+    padded, padded_label = pipeline.pad_to_crop(im, lab, 4, (40, 40))
+    [(y, x)] = windows(padded, ex['image'])
+    np.testing.assert_array_equal(ex['label'], pipeline.label_slice(padded_label[y:y + 40, x:x + 40], 4, 4, (8, 8)))
+    other = pipeline.pad_to_crop(*((big_image, big_label) if scale is None else (image, label)), 4, (40, 40))[0]
+    assert not windows(other, ex['image'])
+
+
+def windows(big, small):
+  """Every (y, x) where `small` sits in `big` exactly."""
+  h, w = small.shape[:2]
+  return [(y, x) for y in range(big.shape[0] - h + 1) for x in range(big.shape[1] - w + 1)
+          if np.array_equal(big[y:y + h, x:x + w], small)]
 
 
 def test_the_next_batch_goes_to_the_devices_before_the_current_one_is_handed_over():

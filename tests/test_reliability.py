@@ -150,6 +150,7 @@ def test_a_run_killed_at_any_moment_ends_bitwise_where_an_uninterrupted_one_does
     workers = psutil.Process(proc.pid).children(recursive=True)
     proc.kill()
     proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, 'the run ended before the kill: it interrupted nothing'
     # The input workers have no one left to close them: they notice and exit by themselves.
     assert not psutil.wait_procs(workers, timeout=10)[1], 'input workers outlived the killed run'
 

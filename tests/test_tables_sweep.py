@@ -136,9 +136,10 @@ def test_claims_sweep_expands_to_every_variant_and_seed():
   runs = sweep.load_sweep(os.path.join(ROOT, 'experiments/sweeps/synthetic_claims.py'))
   groups = {r['group'] for r in runs}
   assert len(runs) == 21 and len(groups) == 7
+  assert {(r['group'], r['seed']) for r in runs} == {(g, s) for g in groups for s in (0, 1, 2)}
   for r in runs:
     cfg = sweep.run_config(r)
-    assert cfg.seed == 0 or r['seed'] in (1, 2)
+    assert f'--config.seed={r["seed"]}' in sweep.commands(r, 'w')[0]  # each run trains with its own seed
     if r['group'].startswith(('flat', 'hybrid', 'reversed', 'Basic')):  # equal parameter counts: 7 layers of C
       assert len(cfg.model.context.dilations) == 7 and set(cfg.model.context.channel_multipliers) == {1}
   rf = {r['group']: sweep.receptive_field_px(r) for r in runs}
@@ -173,21 +174,38 @@ def get_sweep():
 
 
 def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
-  from dilated_jax import data as datasets, figure, predict
+  import jax
+  from dilated_jax import checkpoint, data as datasets, figure, predict, sharding
+  from dilated_jax.evaluate import Predictor
   from dilated_jax.train import train
   from tests.test_train import tiny
 
   cfg = tiny()
-  train(cfg, str(tmp_path / 'run'))
-  picture = figure.draw(cfg, [str(tmp_path / 'run')] * 2, 'test', [0, 3])
+  runs = [str(tmp_path / 'run'), str(tmp_path / 'other')]
+  train(cfg, runs[0])
+  # Another network, one that says class 2 everywhere (the tiny trained one says background): its column is its own.
+  params = checkpoint.load_params(runs[0], 'best')
+  params['front_end']['final']['bias'] = params['front_end']['final']['bias'] + 100 * np.eye(5)[2]
+  with checkpoint.manager(runs[1], keep=1) as mngr:
+    checkpoint.save(mngr, 0, {'step': np.zeros((), np.int32), 'params': params}, force=True)
+    checkpoint.wait(mngr)
+  picture = figure.draw(cfg, runs, 'test', [0, 3])
   size = cfg.data.synthetic.image_size
   assert picture.shape == (2 * (size + 4), 4 * (size + 4), 3)
   image, label = datasets.get_source(cfg.data, 'test')[3]
   row = picture[size + 4:2 * size + 4]
   np.testing.assert_array_equal(row[:, :size], image)
-  truth = predict.colourise(label, datasets.dataset_info(cfg.data).palette)
-  np.testing.assert_array_equal(row[:, size + 4:2 * size + 4], truth)
-  np.testing.assert_array_equal(row[:, 2 * (size + 4):3 * size + 8], row[:, 3 * (size + 4):4 * size + 12])
+  info = datasets.dataset_info(cfg.data)
+  np.testing.assert_array_equal(row[:, size + 4:2 * size + 4], predict.colourise(label, info.palette))
+  columns = []
+  for k, workdir in enumerate(runs):  # what predict draws for this image with each run's best checkpoint
+    params = checkpoint.load_params(workdir, 'best')
+    predictor = Predictor(cfg.model, info, cfg.eval.tile, sharding.make_mesh(jax.devices()[:1]),
+                          with_context='context_module' in params)
+    labels = predictor.probabilities(params, [image])[0].argmax(-1).astype(np.uint8)
+    columns.append(row[:, (2 + k) * (size + 4):(2 + k) * (size + 4) + size])
+    np.testing.assert_array_equal(columns[-1], predict.colourise(labels, info.palette))
+  assert not np.array_equal(columns[0], columns[1])
   with pytest.raises(InputError, match='--indices'):
     figure.draw(cfg, [str(tmp_path / 'run')], 'test', [cfg.data.synthetic.test_size])
 

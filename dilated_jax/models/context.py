@@ -25,10 +25,15 @@ def layer_names(n: int) -> list[str]:
   return convs + ['ctx_fc1', 'ctx_final']
 
 
-def identity_init(num_classes: int, noise_std: float = 0.01):
+NOISES = ('fixed', 'scaled')
+
+
+def identity_init(num_classes: int, noise_std: float = 0.01, noise: str = 'fixed'):
   """Eq. 5 (eq. 4 when c_in = c_out = C): C / c_out on the centre tap where floor(aC/c_in) = floor(bC/c_out), noise elsewhere.
 
-  As the released IdentityFiller: N(0, std^2) everywhere first, then the identity taps are overwritten, noise-free.
+  As the released IdentityFiller: N(0, sigma^2) everywhere first, then the identity taps are overwritten, noise-free.
+  noise 'fixed': sigma = noise_std in every layer (the released filler); 'scaled': sigma = noise_std * C / c_out, so
+  that sigma << C / c_out, which eq. 5 asks for, holds as well in the Large module's 16C and 32C layers.
   """
 
   def init(key, shape, dtype=jnp.float32):
@@ -37,14 +42,16 @@ def identity_init(num_classes: int, noise_std: float = 0.01):
       raise InputError(f'identity init: C = {num_classes} must divide both {c_in} and {c_out} channels')
     group = lambda n: np.arange(n) * num_classes // n
     mask = group(c_in)[:, None] == group(c_out)[None, :]
-    w = noise_std * jax.random.normal(key, shape, dtype)
+    sigma = noise_std * (num_classes / c_out if noise == 'scaled' else 1.0)
+    w = sigma * jax.random.normal(key, shape, dtype)
     centre = jnp.where(mask, jnp.asarray(num_classes / c_out, dtype), w[kh // 2, kw // 2])
     return w.at[kh // 2, kw // 2].set(centre)
 
   return init
 
 
-def check_schedule(dilations: Sequence[int], channel_multipliers: Sequence[int] | None, padding: str):
+def check_schedule(dilations: Sequence[int], channel_multipliers: Sequence[int] | None, padding: str,
+                   noise: str = 'fixed'):
   """Raises ValueError naming the field when a dilation schedule cannot be built."""
   if not dilations:
     raise InputError('context.dilations: expected at least one 3x3 layer')
@@ -55,6 +62,8 @@ def check_schedule(dilations: Sequence[int], channel_multipliers: Sequence[int] 
                      f'got {tuple(channel_multipliers)}')
   if padding not in PADDINGS:
     raise InputError(f'context.padding: expected one of {PADDINGS}, got {padding!r}')
+  if noise not in NOISES:
+    raise InputError(f'context.noise: expected one of {NOISES}, got {noise!r}')
 
 
 class ContextModule(nn.Module):
@@ -71,6 +80,7 @@ class ContextModule(nn.Module):
   # or 'random' (He normal), for the ablation of paper section 3; not named `init`, which would hide Module.init
   init_scheme: str = 'identity'
   noise_std: float = 0.01
+  noise: str = 'fixed'  # NOISES: how the identity init's noise scales with a layer's width
   dtype: jnp.dtype | None = None
 
   def layers(self) -> list[rf.Layer]:
@@ -79,9 +89,9 @@ class ContextModule(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    check_schedule(self.dilations, self.channel_multipliers, self.padding)
+    check_schedule(self.dilations, self.channel_multipliers, self.padding, self.noise)
     if self.init_scheme == 'identity':
-      kernel_init = identity_init(self.num_classes, self.noise_std)
+      kernel_init = identity_init(self.num_classes, self.noise_std, self.noise)
     elif self.init_scheme == 'random':
       kernel_init = nn.initializers.he_normal()
     else:

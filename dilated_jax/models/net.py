@@ -56,8 +56,9 @@ def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
           'width', 'padding', 'block_convs', 'block_channels', 'block_dilations', 'pools', 'fc6_kernel',
           'fc6_dilation', 'fc_channels', 'dropout_rate', 'input_scale')},
       # dilations=() means no context module (the front-end stage).
+      # noise: 'fixed' (std noise_std in every layer, the released IdentityFiller) or 'scaled' (noise_std C / c_out)
       context=dict(dilations=ctx.BASIC, channel_multipliers=(1,) * len(ctx.BASIC), padding='same', init='identity',
-                   noise_std=0.01),
+                   noise_std=0.01, noise='fixed'),
       upsample='zoom',
       dtype='float32',  # compute dtype; parameters stay float32
   ))
@@ -86,12 +87,13 @@ def build_model(cfg: ml_collections.ConfigDict, with_context: bool = True) -> Di
   front_end = FrontEnd(num_classes=cfg.num_classes, dtype=dtype, **cfg.front_end.to_dict())
   context_module = None
   if cfg.context.dilations:  # checked for the front-end stage too: the next stage runs from the same config
-    ctx.check_schedule(cfg.context.dilations, cfg.context.channel_multipliers, cfg.context.padding)
+    ctx.check_schedule(cfg.context.dilations, cfg.context.channel_multipliers, cfg.context.padding,
+                       cfg.context.noise)
   if with_context and cfg.context.dilations:
     context_module = ContextModule(
         num_classes=cfg.num_classes, dilations=tuple(cfg.context.dilations),
         channel_multipliers=tuple(cfg.context.channel_multipliers), padding=cfg.context.padding,
-        init_scheme=cfg.context.init, noise_std=cfg.context.noise_std, dtype=dtype)
+        init_scheme=cfg.context.init, noise_std=cfg.context.noise_std, noise=cfg.context.noise, dtype=dtype)
   if cfg.upsample not in UPSAMPLINGS:
     raise InputError(f'model.upsample: expected one of {UPSAMPLINGS}, got {cfg.upsample!r}')
   return DilationNet(front_end, context_module)
