@@ -399,7 +399,7 @@ def input_benchmark(preset: str, max_workers: int, seconds: float, batch: int | 
 
 
 def train_example_before(image_rgb, label, *, crop, margin, stride, out_hw, mean_bgr, rng, flip=True,
-                         scale_range=(1.0, 1.0)):
+                         scale_range=(1.0, 1.0), label_offset=0):
   """`pipeline.train_example` as it was before the grain pipeline (one thread, float32 sent to the devices): the
   whole image made BGR minus the mean, padded, then cropped. The baseline the per-core target is measured against."""
   del scale_range
@@ -408,7 +408,8 @@ def train_example_before(image_rgb, label, *, crop, margin, stride, out_hw, mean
   image, label = image[y:y + crop[0], x:x + crop[1]], label[y:y + crop[0], x:x + crop[1]]
   if flip and rng.random() < 0.5:
     image, label = image[:, ::-1], label[:, ::-1]
-  return {'image': np.ascontiguousarray(image), 'label': pipeline.label_slice(label, margin, stride, out_hw)}
+  return {'image': np.ascontiguousarray(image),
+          'label': pipeline.label_slice(label, margin + label_offset, stride, out_hw)}
 
 
 def machine() -> dict:
