@@ -246,14 +246,14 @@ def write_camvid_original(root, h=36, w=48):
 
 # The 11 CamVid classes' colours as published with the dataset (Brostow et al., label_colors.txt; SegNet's 11-class
 # set), written here independently of the code's palette, so that swapped colours there fail the KITTI tests.
-CAMVID_COLOURS = {'Sky': (128, 128, 128), 'Building': (128, 0, 0), 'Pole': (192, 192, 128), 'Road': (128, 64, 128),
+PUBLISHED_CAMVID_COLOURS = {'Sky': (128, 128, 128), 'Building': (128, 0, 0), 'Pole': (192, 192, 128), 'Road': (128, 64, 128),
                   'Sidewalk': (0, 0, 192), 'Tree': (128, 128, 0), 'Sign': (192, 128, 128), 'Fence': (64, 64, 128),
                   'Car': (64, 0, 128), 'Pedestrian': (64, 64, 0), 'Bicyclist': (0, 128, 192)}
 
 
 def write_kitti(root):
   """Training_00 (2 images) and Validation_07 (1 image): RGB/*.png and GT/*.png coloured as CamVid's 11 classes."""
-  colours = {rgb: name for name, rgb in CAMVID_COLOURS.items()} | {(0, 0, 0): None, (255, 255, 255): None}
+  colours = {rgb: name for name, rgb in PUBLISHED_CAMVID_COLOURS.items()} | {(0, 0, 0): None, (255, 255, 255): None}
   expected = {}
   for s, (split, folder, names) in enumerate([('train', 'Training_00', ['000000', '000010']),
                                                ('test', 'Validation_07', ['000003'])]):
