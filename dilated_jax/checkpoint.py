@@ -238,24 +238,23 @@ def _quiet_unraisable():
 
 
 def _drop_closed_loop_errors():
-  if not getattr(sys.unraisablehook, 'drops_closed_loop', False):
-    sys.unraisablehook = _drop_closed_loop(sys.unraisablehook)
+  """Wraps sys.unraisablehook, once, to drop one message: TensorStore reads of a restore that failed (or of a save the
+  filesystem refused) finish after orbax has closed its event loop, and their callbacks' `RuntimeError: Event loop
+  is closed` (asyncio's `_check_closed`) would be printed from TensorStore's threads, a traceback per read, after
+  the real error was named. Kept for the rest of the process, since those reads end at no time we know."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop', False):
+    return
 
-
-def _drop_closed_loop(unraisablehook):
-  """sys.unraisablehook without one message: TensorStore reads of a restore that failed finish after orbax has
-  closed the restore's event loop, and their callbacks' `RuntimeError: Event loop is closed` (asyncio's
-  `_check_closed`) would be printed from TensorStore's threads, a traceback per read, after the fallback named the
-  real error. Installed for the rest of the process, since those reads end at no time we know."""
   def hook(unraisable):
     last = traceback.extract_tb(unraisable.exc_traceback)[-1:] if unraisable.exc_traceback is not None else []
     if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed' and last
         and last[0].name == '_check_closed' and last[0].filename.endswith(os.path.join('asyncio', 'base_events.py'))):
       return
-    unraisablehook(unraisable)
+    previous(unraisable)
 
   hook.drops_closed_loop = True
-  return hook
+  sys.unraisablehook = hook
 
 
 def _check_layout(path, meta, abstract_state):

@@ -13,8 +13,8 @@ from absl import logging
 from dilated_jax import InputError
 
 # XLA CPU routes convolutions to YNNPACK by default, 2-3.5x slower here on unpadded and thin convolutions
-# (../shared/MEASURED.md). The flag is experimental and an unknown XLA flag aborts the process, so it is set only
-# for the jaxlib versions it was checked on. Setting it before the first computation is enough.
+# (docs/results/benchmark_cpu.md). The flag is experimental and an unknown XLA flag aborts the process, so it is set
+# only for the jaxlib versions it was checked on. Setting it before the first computation is enough.
 _NO_YNN_CONV = '--xla_cpu_experimental_ynn_fusion_type='
 _CHECKED_JAXLIB = ('0.10.',)
 

@@ -28,7 +28,8 @@ def parse_arg(arg: str | None, **defaults) -> dict:
 
 
 def base(preset: str | None = None) -> ml_collections.ConfigDict:
-  """Defaults: the released code's SGD settings (paper.md 3.5); with a preset, its model, dataset and test tile."""
+  """Defaults: the released code's SGD settings (fyu/dilation train.py); with a preset, its model, dataset and test
+  tile."""
   cfg = ml_collections.ConfigDict(dict(
       stage='frontend',  # frontend | context (on the cached front-end scores) | joint
       init_from='',  # workdir of the previous stage (context, joint)
@@ -51,7 +52,8 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
           name='synthetic',
           dir='',  # where `python -m dilated_jax.data.prepare` wrote the paper datasets (its --data_dir)
           variant='',  # which training set of data.name, e.g. pascal_voc 'sbd' or 'coco'; '' = the dataset's own
-          crop=(500, 500),  # training crop, margin included (paper.md 1.3); (0, 0): the whole image + margin
+          # training crop, margin included (arXiv 1511.07122 section 5); (0, 0): the whole image + margin
+          crop=(500, 500),
           flip=True,
           scale_range=(1.0, 1.0),  # training images rescaled by U(lo, hi) before padding; (1, 1): off, as the paper
           workers=-1,  # processes building training batches (grain): -1 one per available core, 0 in this process
@@ -67,7 +69,8 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
 
 
 def urban_frontend(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The front-end recipe of CamVid, KITTI and Cityscapes (paper.md 3.4): 8 crops of 628, lr 1e-4, momentum 0.99."""
+  """The front-end recipe of CamVid, KITTI and Cityscapes (arXiv 1511.07122 appendix A): 8 crops of 628, lr 1e-4,
+  momentum 0.99."""
   cfg.update(stage='frontend', batch_size=8, lr=1e-4, momentum=0.99)
   cfg.data.crop = (628, 628)
   return cfg
