@@ -1,5 +1,6 @@
 """The paper's experiment configs run their first steps on the fixture datasets (tests/dataset_fixtures.py),
-prepared as a user prepares the real ones: the configs, loaders, pipeline and evaluation fit together.
+prepared as a user prepares the real ones: the configs, loaders, pipeline and evaluation fit together, and each
+later stage (VOC fine-tuning, the Basic and Large context modules, the joint stages) starts from the one before it.
 
 Only sizes change: a network 1/32 as wide, 388 px crops (2 x 2 label cells), an evaluation tile covering the
 40 x 30 px fixture images, two steps of batch 2 on one device.
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import dataset_fixtures as fixtures
-from dilated_jax import config
+from dilated_jax import checkpoint, config
 from dilated_jax import data as datasets
 from dilated_jax.data import builder
 from dilated_jax.train import train
@@ -41,12 +42,47 @@ def tiny(spec, data_dir, **fields):
   return cfg
 
 
-@pytest.mark.parametrize('spec', ['voc_frontend.py:data=voc_sbd', 'voc_frontend.py:data=coco',
-                                  'kitti_dilation7.py:stage=frontend', 'cityscapes_dilation10.py:stage=frontend'])
-def test_front_end_configs_train_and_evaluate_on_fixture_data(tmp_path, data_dir, spec):
-  cfg = tiny(spec, data_dir)
-  result = train(cfg, str(tmp_path / 'run'), devices=jax.devices()[:1])
-  assert 0 <= result['miou'] <= 1 and result['dataset'] == cfg.data.name
+# Each later stage starts from the workdir of the stage before it, as the configs' own commands chain them.
+PREVIOUS = {
+    'voc_frontend.py:data=voc_finetune': 'voc_frontend.py:data=coco',
+    'voc_context.py:variant=basic': 'voc_frontend.py:data=voc_sbd',
+    'voc_context.py:variant=large': 'voc_frontend.py:data=voc_finetune',
+    'camvid_dilation8.py:stage=joint': 'camvid_dilation8.py:stage=frontend',
+    'kitti_dilation7.py:stage=joint': 'kitti_dilation7.py:stage=frontend',
+    'cityscapes_dilation10.py:stage=context': 'cityscapes_dilation10.py:stage=frontend',
+    'cityscapes_dilation10.py:stage=joint': 'cityscapes_dilation10.py:stage=context',
+}
+SPECS = ['voc_frontend.py:data=voc_sbd', 'voc_frontend.py:data=coco', 'camvid_dilation8.py:stage=frontend',
+         'kitti_dilation7.py:stage=frontend', 'cityscapes_dilation10.py:stage=frontend', *PREVIOUS]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, data_dir):
+  """spec -> (config, final evaluation, workdir), each trained once on one device, after the stage it starts from."""
+  base, done = tmp_path_factory.mktemp('runs'), {}
+
+  def run(spec):
+    if spec not in done:
+      fields = {'init_from': run(PREVIOUS[spec])[2]} if spec in PREVIOUS else {}
+      cfg, work = tiny(spec, data_dir, **fields), str(base / spec.replace(':', '_').replace('=', '_'))
+      done[spec] = (cfg, train(cfg, work, devices=jax.devices()[:1]), work)
+    return done[spec]
+
+  return run
+
+
+def relative_change(params, before):
+  """The largest ||kernel - kernel before|| / ||kernel before|| over the kernels both trees hold."""
+  old = dict(jax.tree_util.tree_flatten_with_path(before)[0])
+  return max(float(np.linalg.norm(leaf - old[path]) / np.linalg.norm(old[path]))
+             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+             if path in old and path[-1].key == 'kernel')
+
+
+@pytest.mark.parametrize('spec', SPECS)
+def test_paper_config_trains_from_the_stage_before_and_evaluates_on_fixture_data(runs, spec):
+  cfg, result, work = runs(spec)
+  assert result['dataset'] == cfg.data.name and result['split'] == cfg.eval.split and 0 <= result['miou'] <= 1
   source = datasets.get_source(cfg.data, cfg.eval.split)
   assert result['num_images'] == len(source)
   # Every labelled pixel of the split counted exactly once, through tiling, stitching and cropping (void left out).
@@ -54,15 +90,14 @@ def test_front_end_configs_train_and_evaluate_on_fixture_data(tmp_path, data_dir
   if cfg.data.name == 'cityscapes':  # Table 8: category IoU beside the class IoU
     assert set(result['category_iou']) == {c for c, _ in datasets.dataset_info(cfg.data).categories}
     assert 0 <= result['category_miou'] <= 1
-
-
-def test_camvid_front_end_then_joint_and_voc_context_stage_on_fixture_data(tmp_path, data_dir):
-  one = jax.devices()[:1]
-  train(tiny('camvid_dilation8.py:stage=frontend', data_dir), str(tmp_path / 'camvid_fe'), devices=one)
-  joint = train(tiny('camvid_dilation8.py:stage=joint', data_dir, init_from=str(tmp_path / 'camvid_fe')),
-                str(tmp_path / 'camvid_joint'), devices=one)
-  assert joint['num_images'] == 1 and joint['split'] == 'test'
-  train(tiny('voc_frontend.py:data=voc_sbd', data_dir), str(tmp_path / 'voc_fe'), devices=one)
-  context = train(tiny('voc_context.py:variant=basic', data_dir, init_from=str(tmp_path / 'voc_fe')),
-                  str(tmp_path / 'voc_context'), devices=one)
-  assert context['num_images'] == 2 and context['split'] == 'val'
+  params = checkpoint.load_params(work, 'latest')
+  assert ('context_module' in params) == (cfg.stage != 'frontend')
+  if cfg.stage == 'context':  # the Large module's layers are 2C .. 32C wide (Table 1)
+    widths = [params['context_module'][k]['kernel'].shape[-1] for k in sorted(params['context_module'])]
+    assert widths == [cfg.model.num_classes * m for m in cfg.model.context.channel_multipliers] + [
+        cfg.model.num_classes]
+  if spec in PREVIOUS:  # started from the stage before: what it trained is kept (context) or moved a little
+    before = checkpoint.load_params(runs(PREVIOUS[spec])[2], 'latest')
+    if cfg.stage == 'context':
+      jax.tree.map(np.testing.assert_array_equal, params['front_end'], before['front_end'])
+    assert relative_change(params, before) < 0.25  # two steps; a fresh initialisation is ~1.4 away

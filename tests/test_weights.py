@@ -488,18 +488,46 @@ def run_module(*args):
   return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def authors_probabilities(net, blobs, image_rgb, preset):
-  """The authors' predict.py in numpy: BGR minus mean, reflect 186, tiles reflected at their own edge, softmax, zoom."""
-  (th, tw), m = DATASETS[preset].tile, 186
+def np_softmax(scores):
+  prob = np.exp(scores - scores.max(-1, keepdims=True))
+  return prob / prob.sum(-1, keepdims=True)
+
+
+def np_deconv(scores, stride=8, kernel=16, pad=4):
+  """Caffe's grouped Deconvolution with the bilinear filler: cell (i, j) adds its value x K[a, b] at output pixel
+  (8i - 4 + a, 8j - 4 + b); the output is 8H x 8W."""
+  h, w, c = scores.shape
+  k = bilinear_kernel_1d(kernel)
+  full = np.zeros((stride * (h - 1) + kernel, stride * (w - 1) + kernel, c))
+  for a in range(kernel):
+    for b in range(kernel):
+      full[a:a + stride * h:stride, b:b + stride * w:stride] += scores * k[a] * k[b]
+  return full[pad:pad + stride * h, pad:pad + stride * w]
+
+
+def authors_probabilities(net, blobs, image_rgb, preset, tile=None):
+  """The authors' test.py in numpy: BGR minus mean, reflect 186, deploy-input tiles taken at the stride of the output
+  tile and reflected at their own bottom and right edges, softmax per tile (Cityscapes: after the in-network x8
+  deconvolution), stitched, then cropped (Cityscapes) or zoomed x8 (util.interp_map). `tile`: the output tile
+  (default: the preset's)."""
+  (th, tw), m = tile or DATASETS[preset].tile, 186
   x = image_rgb[..., ::-1].astype(np.float32) - np.float32(DATASETS[preset].mean_bgr)
   x = np.pad(x, ((m, m), (m, m), (0, 0)), mode='reflect')
-  assert image_rgb.shape[0] <= th and image_rgb.shape[1] <= tw  # one tile
-  tile = np.pad(x, ((0, th + 2 * m - x.shape[0]), (0, tw + 2 * m - x.shape[1]), (0, 0)), mode='reflect')
-  scores = np_deploy(net, blobs, tile)
-  prob = np.exp(scores - scores.max(-1, keepdims=True))
-  prob /= prob.sum(-1, keepdims=True)
   h, w = image_rgb.shape[:2]
+  rows = []
+  for i in range(-(-h // th)):
+    row = []
+    for j in range(-(-w // tw)):
+      tile = x[i * th:i * th + th + 2 * m, j * tw:j * tw + tw + 2 * m]
+      tile = np.pad(tile, ((0, th + 2 * m - tile.shape[0]), (0, tw + 2 * m - tile.shape[1]), (0, 0)), mode='reflect')
+      scores = np_deploy(net, blobs, tile)
+      row.append(np_softmax(np_deconv(scores) if preset == 'cityscapes' else scores))
+    rows.append(np.concatenate(row, axis=1))
+  prob = np.concatenate(rows, axis=0)
+  if preset == 'cityscapes':
+    return prob[:h, :w]
   r0, c0 = np.arange(h) // 8, np.arange(w) // 8
+  assert r0[-1] + 1 < prob.shape[0] and c0[-1] + 1 < prob.shape[1]  # interp_map reads one cell further
   rt, ct = (np.arange(h) / 8 - r0)[:, None, None], (np.arange(w) / 8 - c0)[None, :, None]
   v0 = rt * prob[r0 + 1][:, c0] + (1 - rt) * prob[r0][:, c0]  # util.interp_map
   v1 = rt * prob[r0 + 1][:, c0 + 1] + (1 - rt) * prob[r0][:, c0 + 1]
@@ -540,6 +568,44 @@ def test_predict_and_convert_from_a_caffemodel(released, tmp_path):
   np.testing.assert_array_equal(np.load(tmp_path / 'b' / 'street.npy'), probs)
   r = run_module('dilated_jax.weights.convert', '--preset=camvid', f'--weights={path}', width, f'--workdir={work}')
   assert r.returncode == 2 and 'already holds checkpoints' in r.stderr  # never written over
+
+
+def test_cityscapes_predict_and_evaluate_stitch_tiles_and_deconvolve_as_the_authors(released, tmp_path):
+  """The only preset with the in-network deconvolution, and the only one whose images need several tiles (2048x1024
+  in 1024 px tiles): predict on one tile, and evaluate on a 3 x 3 grid of 64 px tiles with short last ones, against
+  the numpy test.py above."""
+  from dilated_jax import metrics, sharding
+  from dilated_jax.evaluate import Predictor, evaluate
+
+  net, blobs, path = released['cityscapes']
+  rng = np.random.default_rng(8)
+  image = rng.integers(0, 256, (150, 140, 3)).astype(np.uint8)
+  Image.fromarray(image).save(tmp_path / 'street.png')
+  r = run_module('dilated_jax.predict', '--preset=cityscapes', f'--weights={path}', f'--width={WIDTH}',
+                 f'--output_dir={tmp_path}/out', '--save_probs', str(tmp_path / 'street.png'))
+  assert r.returncode == 0, r.stderr[-3000:]
+  probs = np.load(tmp_path / 'out' / 'street.npy')
+  assert probs.shape == (150, 140, 19)
+  # float32 logits reach the hundreds in this 27-layer network: near-even pixels differ by up to ~5e-4 from float64.
+  # A tile or the deconvolution one pixel off differs by tenths on these random pixels.
+  np.testing.assert_allclose(probs, authors_probabilities(net, blobs, image, 'cityscapes'), atol=1e-3)
+
+  info, tile = DATASETS['cityscapes'], (64, 64)
+  reference = authors_probabilities(net, blobs, image, 'cityscapes', tile)
+  label = rng.integers(0, 19, image.shape[:2])
+  label[rng.random(label.shape) < 0.1] = 255
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  cfg = tiny_config('cityscapes')
+  params, _ = weights.network_params(path, cfg, info.mean_bgr)
+  predictor = Predictor(cfg, info, tile, mesh)
+  np.testing.assert_allclose(predictor.probabilities(params, [image])[0], reference, atol=1e-3)
+  result = evaluate(predictor, params, [(image, label)], info, batch_size=1)
+  expected = np.asarray(metrics.confusion_matrix(label[None], reference.argmax(-1)[None], 19))
+  # Only a pixel whose two best classes are within 1e-3 may change sides between float32 and float64.
+  top2 = np.sort(reference, axis=-1)[..., -2:]
+  near_ties = int(((top2[..., 1] - top2[..., 0] < 1e-3) & (label != 255)).sum())
+  assert np.abs(np.asarray(result['confusion']) - expected).sum() <= 2 * near_ties
+  assert np.sum(result['confusion']) == int((label != 255).sum())
 
 
 def test_entry_points_give_one_line_for_wrong_files(released, tmp_path):
