@@ -36,12 +36,14 @@ def receptive_field(layers: Sequence[Layer]) -> tuple[int, int]:
 
 
 def output_size(n: int, layers: Sequence[Layer], padding: str) -> int:
-  """Output side for an input side n: 'VALID' convolutions shrink by d (k - 1), 'SAME' keep n; pools round up."""
+  """Output side for an input side n: 'VALID' convolutions shrink by d (k - 1), 'SAME' keep n; pools round up, and
+  so do strided 'SAME' convolutions (symmetric padding d (k - 1) / 2, as the DRNs')."""
   for layer in layers:
     if layer.pool:
       n = math.ceil(n / layer.stride)
-    elif padding.upper() == 'VALID':
-      n -= layer.dilation * (layer.kernel - 1)
+    else:
+      lost = layer.dilation * (layer.kernel - 1) if padding.upper() == 'VALID' else 0
+      n = (n - lost - 1) // layer.stride + 1
     if n < 1:
       raise InputError(f'input too small: nothing is left after layer {layer.name}')
   return n

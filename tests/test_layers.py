@@ -55,6 +55,23 @@ def test_dilated_conv_matches_numpy(dilation, padding):
     assert y.shape[1:3] == x.shape[1:3]
 
 
+@pytest.mark.parametrize('stride,dilation,padding', [(2, 1, 1), (2, 2, 2), (2, 1, 'VALID'), (3, 1, 0)])
+@pytest.mark.parametrize('side', [12, 13])
+def test_strided_conv_is_the_stride_1_conv_subsampled(stride, dilation, padding, side):
+  """stride s: every s-th output of the stride-1 convolution from the first, on odd and even sides alike; with
+  padding = dilation the grid is symmetric, ceil(n / s) cells (torch's Conv2d, as the DRNs use it)."""
+  x = np.random.default_rng(1).normal(size=(2, side, side + 3, 3)).astype(np.float32)
+  conv = layers.DilatedConv(4, 3, dilation, padding, stride=stride, bias_init=jax.nn.initializers.normal(1.0))
+  params = conv.init(jax.random.key(0), jnp.asarray(x))
+  y = np.asarray(conv.apply(params, jnp.asarray(x)))
+  p = params['params']
+  pads = explicit_pads(padding, 3, dilation)
+  ref = dilated_conv_ref(x, np.asarray(p['kernel']), np.asarray(p['bias']), dilation, pads)
+  np.testing.assert_allclose(y, ref[:, ::stride, ::stride], rtol=1e-5, atol=1e-5)
+  if padding == dilation:
+    assert y.shape[1:3] == (-(-side // stride), -(-(side + 3) // stride))
+
+
 @pytest.mark.parametrize('kernel_size,dilation', [(7, 4), (1, 1)])
 def test_dilated_conv_fc_shapes(kernel_size, dilation):
   """The front end's other kernels: fc6 (7x7, dilation 4) and the 1x1 layers."""
@@ -206,10 +223,12 @@ def test_bilinear_deconv_is_half_pixel_bilinear_with_zero_border():
 
 
 def test_bad_layer_arguments():
-  """A non-positive dilation or an unknown padding string is refused with the field named."""
+  """A non-positive dilation or stride or an unknown padding string is refused with the field named."""
   x = jnp.zeros((1, 8, 8, 1))
   with pytest.raises(ValueError, match='dilation'):
     layers.DilatedConv(1, 3, 0).init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match='stride'):
+    layers.DilatedConv(1, 3, 1, stride=0).init(jax.random.key(0), x)
   with pytest.raises(ValueError, match='padding'):
     layers.DilatedConv(1, 3, 1, 'FULL').init(jax.random.key(0), x)
 

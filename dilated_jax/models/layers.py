@@ -38,17 +38,20 @@ class DilatedConv(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   kernel_init: Callable = nn.initializers.he_normal()
   bias_init: Callable = nn.initializers.zeros
+  stride: int = 1  # the DRNs' downsampling convolutions; the paper's networks pool instead
 
   @nn.compact
   def __call__(self, x):
     if self.dilation < 1:
       raise ValueError(f'dilation: expected a positive integer, got {self.dilation}')
+    if self.stride < 1:
+      raise ValueError(f'stride: expected a positive integer, got {self.stride}')
     k = self.kernel_size
     kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
     dtype = self.dtype or x.dtype
     y = jax.lax.conv_general_dilated(
         x.astype(dtype), kernel.astype(dtype),
-        window_strides=(1, 1),
+        window_strides=(self.stride, self.stride),
         padding=conv_padding(self.padding, k, self.dilation),
         rhs_dilation=(self.dilation, self.dilation),
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
