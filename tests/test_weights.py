@@ -299,6 +299,7 @@ def torch_names():
   """Registers stand-in `torch` modules so that pickle can name torch's globals; only while writing."""
   torch, utils = types.ModuleType('torch'), types.ModuleType('torch._utils')
   storage = type('FloatStorage', (), {'__module__': 'torch'})
+  torch.LongStorage = type('LongStorage', (), {'__module__': 'torch'})  # BatchNorm's num_batches_tracked
 
   def _rebuild_tensor_v2(*args):
     raise AssertionError('never called: the file is only written here')
@@ -318,11 +319,14 @@ def torch_names():
         sys.modules[k] = v
 
 
-def write_torch(path, state, legacy=False, transposed=()):
+def write_torch(path, state, legacy=False, transposed=(), checkpoint=None):
   """torch.save(state_dict) without torch: each layer's weight and bias share one storage (the bias at an offset);
-  names in `transposed` are stored as a non-contiguous view (stride (1, rows)), as torch keeps `W.t()`."""
+  names in `transposed` are stored as a non-contiguous view (stride (1, rows)), as torch keeps `W.t()`. Integer
+  arrays (BatchNorm's num_batches_tracked) are int64 in a storage of their own. `checkpoint`: the other entries of
+  a training checkpoint that holds the state dict under 'state_dict' (fyu/drn segment.py's save_checkpoint)."""
   storages, order = {}, []
   with torch_names() as (float_storage, rebuild):
+    storage_type = {np.dtype('<f4'): float_storage, np.dtype('<i8'): sys.modules['torch'].LongStorage}
 
     class Tensor:
       def __init__(self, key, offset, shape, stride):
@@ -333,13 +337,13 @@ def write_torch(path, state, legacy=False, transposed=()):
 
     out = collections.OrderedDict()
     for name in state:
-      layer, kind = name.rsplit('.', 1)
+      array = state[name].astype('<i8' if state[name].dtype.kind in 'iu' else '<f4')
+      layer = (name.rsplit('.', 1)[0], array.dtype)
       key = str(order.index(layer) if layer in order else len(order))
       if layer not in order:
         order.append(layer)
       data = storages.setdefault(key, [])
       offset = sum(a.size for a in data)
-      array = state[name].astype(np.float32)
       if name in transposed:
         data.append(np.ascontiguousarray(array.T))
         out[name] = Tensor(key, offset, array.shape, (1, array.shape[0]))
@@ -352,11 +356,14 @@ def write_torch(path, state, legacy=False, transposed=()):
       def persistent_id(self, obj):
         if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == 'storage':
           numel = sum(a.size for a in storages[obj[1]])
-          return ('storage', float_storage, obj[1], 'cpu', numel) + ((None,) if legacy else ())
+          kind = storage_type[storages[obj[1]][0].dtype]
+          return ('storage', kind, obj[1], 'cpu', numel) + ((None,) if legacy else ())
         return None
 
-    body = io_bytes(lambda f: Pickler(f, protocol=2).dump(out))
-  raw = {k: b''.join(a.astype('<f4').tobytes() for a in v) for k, v in storages.items()}
+    obj = out if checkpoint is None else dict(checkpoint, state_dict=out)
+    body = io_bytes(lambda f: Pickler(f, protocol=2).dump(obj))
+  raw = {k: b''.join(a.tobytes() for a in v) for k, v in storages.items()}
+  itemsize = {k: v[0].dtype.itemsize for k, v in storages.items()}
   if legacy:
     with open(path, 'wb') as f:
       for header in (torch_pickle.LEGACY_MAGIC, torch_pickle.LEGACY_PROTOCOL, {'little_endian': True}):
@@ -364,7 +371,7 @@ def write_torch(path, state, legacy=False, transposed=()):
       f.write(body)
       pickle.dump(list(raw), f, protocol=2)
       for k, data in raw.items():
-        f.write(struct.pack('<q', len(data) // 4) + data)
+        f.write(struct.pack('<q', len(data) // itemsize[k]) + data)
   else:
     with zipfile.ZipFile(path, 'w') as z:
       z.writestr('vgg16/data.pkl', body)

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from dilated_jax import InputError, checkpoint
-from dilated_jax.models import build_model
+from dilated_jax.models import build_model, drn
 from dilated_jax.models.layers import bilinear_kernel_1d
 from dilated_jax.weights import caffe, torch_pickle
 
@@ -30,9 +30,8 @@ TORCHVISION_VGG16 = dict(zip(
     ('conv1_1', 'conv1_2', 'conv2_1', 'conv2_2', 'conv3_1', 'conv3_2', 'conv3_3', 'conv4_1', 'conv4_2', 'conv4_3',
      'conv5_1', 'conv5_2', 'conv5_3')))
 TORCHVISION_CLASSIFIER = {0: 'fc6', 3: 'fc7', 6: IMAGENET_CLASSIFIER}
-# torchvision's input: RGB / 255, then (x - mean) / std per channel (RGB order).
-TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
-TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
+# torchvision's input: RGB / 255, then (x - mean) / std per channel (RGB order); fyu/drn's ImageNet DRNs take it too.
+TORCHVISION_MEAN_RGB, TORCHVISION_STD_RGB = drn.IMAGENET_MEAN_RGB, drn.IMAGENET_STD_RGB
 # An .npz member's header is read from at most this many bytes (numpy's own limit on a header is 10,000).
 _NPY_HEAD = 10_016
 
