@@ -8,8 +8,8 @@ probabilities, Potts mu = [x_i != x_j] and two kernels (Krähenbühl & Koltun eq
               + w_spatial exp(-|p_i - p_j|^2 / 2 theta_gamma^2)
 
 with p the pixel position and I its RGB colour, 0-255. The paper grid-searches the parameters on validation
-images (arXiv 1511.07122 section 5; `crf_search`). Images run in worker processes; nothing here imports JAX, so
-a spawned worker starts in a fraction of a second.
+images (arXiv 1511.07122 section 5; `crf_search`). Images run in spawned worker processes; nothing here imports
+JAX (a worker still imports the entry point's module, as every spawned process does).
 """
 
 import collections
@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from dilated_jax import InputError
+from dilated_jax.data import pipeline
 
 WIDTHS = ('theta_alpha', 'theta_beta', 'theta_gamma')
 WEIGHTS = ('w_bilateral', 'w_spatial')
@@ -115,18 +116,10 @@ def refine_labels(probs: np.ndarray, image: np.ndarray, params: DenseCRFParams) 
   return refine(probs, image, params).argmax(-1).astype(np.uint8)
 
 
-def resolve_workers(workers: int) -> int:
-  """-1: one per core this process may run on; 0: in this process."""
-  if workers < -1:
-    raise InputError(f'crf workers: expected -1 (one per core), 0 (in this process) or a count, got {workers}')
-  if workers == -1:
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-  return workers
-
-
 def refine_all(pairs: Iterable[tuple[np.ndarray, np.ndarray]], params: DenseCRFParams, workers: int = -1,
                labels: bool = False) -> Iterator[np.ndarray]:
-  """`refine` (or `refine_labels`) of each (probs, image) pair, in order, over `workers` processes."""
+  """`refine` (or `refine_labels`) of each (probs, image) pair, in order, over `workers` processes (-1: one per
+  core, 0: in this process)."""
   fn = refine_labels if labels else refine
   return ordered_map(fn, ((probs, image, params) for probs, image in pairs), workers)
 
@@ -134,7 +127,7 @@ def refine_all(pairs: Iterable[tuple[np.ndarray, np.ndarray]], params: DenseCRFP
 def ordered_map(fn: Callable, args: Iterable[tuple], workers: int) -> Iterator:
   """fn(*a) for each a in args, in order, in `workers` spawned processes (0: here), with at most two tasks per
   worker in flight, so a long input (a validation split of score maps) is never all in memory at once."""
-  workers = resolve_workers(workers)
+  workers = pipeline.resolve_workers(workers)  # -1: one per core, as the input pipeline's data.workers
   if workers == 0:
     yield from (fn(*a) for a in args)
     return
