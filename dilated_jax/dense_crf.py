@@ -49,7 +49,7 @@ class DenseCRFParams:
   def __post_init__(self):
     check_kernels(self, 'crf')
     if isinstance(self.iterations, bool) or not isinstance(self.iterations, (int, np.integer)) or self.iterations < 1:
-      raise InputError(f'crf.iterations: expected a whole number of mean-field iterations >= 1, got {self.iterations!r}')
+      raise InputError(f'crf.iterations: expected a whole number of iterations >= 1, got {self.iterations!r}')
 
   @classmethod
   def from_dict(cls, values: dict) -> 'DenseCRFParams':

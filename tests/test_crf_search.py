@@ -16,7 +16,8 @@ def direct_miou(preds, labels, num_classes: int) -> float:
   pred, label = np.concatenate([p.ravel() for p in preds]), np.concatenate([l.ravel() for l in labels])
   ious = []
   for k in range(num_classes):
-    tp, fp, fn = np.sum((pred == k) & (label == k)), np.sum((pred == k) & (label != k)), np.sum((pred != k) & (label == k))
+    tp = np.sum((pred == k) & (label == k))
+    fp, fn = np.sum((pred == k) & (label != k)), np.sum((pred != k) & (label == k))
     if tp + fp + fn:
       ious.append(tp / (tp + fp + fn))
   return float(np.mean(ious))

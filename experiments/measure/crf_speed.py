@@ -188,8 +188,8 @@ def precision():
   q_exact = jax.nn.softmax(exact_bilateral_mean_field(u, image, crf), -1)
   print(f'load {load()}; {h}x{w} image, theta_alpha {crf.theta_alpha}, theta_beta {crf.theta_beta}, '
         f'T = {crf.test_iterations}')
-  print('| window (cells) | downsample | reach (pixels) | labels as exact | mean abs(Q - Q_exact) | kernel per image at '
-        '500x375 |')
+  print('| window (cells) | downsample | reach (pixels) | labels as exact | mean abs(Q - Q_exact) | '
+        'kernel per image at 500x375 |')
   print('|---|---|---|---|---|---|')
   for window, downsample in ((5, 1), (11, 1), (21, 1), (5, 4), (11, 4), (21, 4), (11, 8), (21, 8)):
     layer = crf.clone(window=window, downsample=downsample)
