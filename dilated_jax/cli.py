@@ -4,6 +4,7 @@ import functools
 import importlib.metadata
 import logging as std_logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -86,11 +87,36 @@ def parse_flags(argv):
     sys.exit(2)
 
 
-def run(main):
-  """app.run(main) with clear errors: bad flags and bad input give one line and exit code 2."""
+def run(main, config_from: str | None = None):
+  """app.run(main) with clear errors: bad flags and bad input give one line and exit code 2.
+
+  config_from: the flag naming a training run's workdir (or a comma-separated list of them, the first counting);
+  without --config, the config is that workdir's config.json (`workdir_config`), overrides (`--config.x=...`)
+  included.
+  """
   from absl import app
 
+  if config_from is not None:
+    sys.argv[:] = with_workdir_config(sys.argv, config_from)
   app.run(entry_point(main), flags_parser=parse_flags)
+
+
+# A config file (ml_collections' --config=FILE:ARG) whose get_config(WORKDIR) is the config a run saved there.
+WORKDIR_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'workdir_config.py')
+
+
+def with_workdir_config(argv: list[str], flag: str) -> list[str]:
+  """argv with `--config=WORKDIR_CONFIG:WORKDIR` put first when it gives --`flag` but no --config."""
+  if any(re.match(r'^--?config(=|$)', a) for a in argv[1:]):
+    return list(argv)
+  workdir = None
+  for i, arg in enumerate(argv[1:], 1):
+    match = re.match(rf'^--?{flag}(=(.*))?$', arg)
+    if match:
+      workdir = match.group(2) if match.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
+  if not workdir:
+    return list(argv)
+  return [argv[0], f'--config={WORKDIR_CONFIG}:{workdir.split(",")[0]}', *argv[1:]]
 
 
 def entry_point(main):

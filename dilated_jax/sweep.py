@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 
 from dilated_jax import InputError, cli, config as config_lib, receptive_field as rf
@@ -49,7 +49,9 @@ def load_sweep(path: str) -> list[dict]:
 
 
 def flag_value(value) -> str:
-  return '(' + ','.join(map(str, value)) + (',)' if len(value) == 1 else ')') if isinstance(value, tuple) else str(value)
+  if not isinstance(value, tuple):
+    return str(value)
+  return '(' + ','.join(map(str, value)) + (',)' if len(value) == 1 else ')')
 
 
 def commands(run: dict, workdir: str) -> list[list[str]]:

@@ -1,4 +1,5 @@
-"""Front end, context module and presets: sizes, parameter counts, identity initialisation, errors (paper.md 1.2-2.3)."""
+"""Front end, context module and presets: sizes, parameter counts, identity initialisation, errors (arXiv 1511.07122
+sections 3, 4, Table 1; fyu/dilation network.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +65,8 @@ def test_margin_and_stride():
 
 
 def test_parameter_counts():
-  """Front end (C=21) 134,346,581; Basic (C=21) 28,392; the VOC preset's Large module 6,803,139 (paper.md 1.2, 2.1)."""
+  """Front end (C=21) 134,346,581; Basic (C=21) 28,392; the VOC preset's Large module 6,803,139
+  (counted from fyu/dilation's deploy prototxts)."""
   fe_params = jax.eval_shape(FrontEnd(num_classes=21).init, jax.random.key(0), image(380, 380))
   assert count(fe_params) == 134_346_581
   basic = jax.eval_shape(ContextModule(num_classes=21).init, jax.random.key(0), image(66, 66, 21))
@@ -82,7 +84,8 @@ def test_parameter_counts():
     ('cityscapes', (1396, 1396), (128, 128), 19),
 ])
 def test_presets_deploy_shapes(preset, hw, out, classes):
-  """Each preset's whole network maps its deploy input to the front-end output size (paper.md 1.5 table)."""
+  """Each preset's whole network maps its deploy input to the front-end output size (fyu/dilation
+  models/*_deploy.prototxt)."""
   model = net.build_model(net.model_config(preset))
   params = jax.eval_shape(model.init, jax.random.key(0), image(*hw))
   assert jax.eval_shape(model.apply, params, image(*hw)).shape == (1, *out, classes)
@@ -139,7 +142,7 @@ def test_errors():
   for kwargs, field in [(dict(dilations=(1, -1)), 'context.dilations'),
                         (dict(channel_multipliers=(1, 2)), 'context.channel_multipliers'),
                         (dict(padding='valid'), 'context.padding'),
-                        (dict(init_scheme='zeros'), 'context.init')]:
+                        (dict(initialisation='zeros'), 'context.initialisation')]:
     with pytest.raises(InputError, match=field):
       ContextModule(num_classes=2, **kwargs).init(jax.random.key(0), x)
   with pytest.raises(InputError, match='preset'):
@@ -150,6 +153,21 @@ def test_errors():
     net.build_model(cfg)
   with pytest.raises(InputError, match='identity init'):
     identity_init(21)(jax.random.key(0), (3, 3, 21, 30))
+
+
+def test_the_basic_default_follows_a_schedule_of_any_length():
+  """One override of model.context.dilations gives a Basic module of that many 3x3 layers, each of C channels; a
+  Large module's multipliers must still match the schedule."""
+  for preset, c in ((None, 21), ('camvid', 11), ('cityscapes', 19)):
+    cfg = net.model_config(preset)
+    cfg.context.dilations = (1, 2, 4)
+    module = net.build_model(cfg).context_module
+    params = jax.eval_shape(module.init, jax.random.key(0), image(16, 16, c))['params']
+    assert [params[n]['kernel'].shape for n in ctx.layer_names(3)] == [(3, 3, c, c)] * 3 + [(1, 1, c, c)], preset
+  cfg = net.model_config('pascal_voc')  # Large: 7 multipliers
+  cfg.context.dilations = (1, 2, 4)
+  with pytest.raises(InputError, match='context.channel_multipliers: expected 3 positive integers'):
+    net.build_model(cfg)
 
 
 @pytest.mark.parametrize('mode', ['zoom', 'deconv'])

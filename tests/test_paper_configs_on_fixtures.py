@@ -63,6 +63,6 @@ def test_camvid_front_end_then_joint_and_voc_context_stage_on_fixture_data(tmp_p
                 str(tmp_path / 'camvid_joint'), devices=one)
   assert joint['num_images'] == 1 and joint['split'] == 'test'
   train(tiny('voc_frontend.py:data=voc_sbd', data_dir), str(tmp_path / 'voc_fe'), devices=one)
-  context = train(tiny('voc_context.py:variant=basic', data_dir, init_from=str(tmp_path / 'voc_fe')),
+  context = train(tiny('voc_context.py:context=basic', data_dir, init_from=str(tmp_path / 'voc_fe')),
                   str(tmp_path / 'voc_context'), devices=one)
   assert context['num_images'] == 2 and context['split'] == 'val'

@@ -99,7 +99,8 @@ runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
 def run_module(*args, cwd=ROOT, code=None):
   """python -m args, or with `code`: python -c code args."""
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='')
-  return subprocess.run([sys.executable, *(('-c', code) if code else ('-m',)), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.run([sys.executable, *(('-c', code) if code else ('-m',)), *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
 
 
 def test_evaluate_and_predict_entry_points(tmp_path):
@@ -148,7 +149,8 @@ def test_evaluate_and_predict_entry_points(tmp_path):
   # took 3.4 GB for 20000 x 1), and past --max_pixels (counted on the tile grid) refused before decoding.
   thin = tmp_path / 'thin.png'
   Image.fromarray(np.full((1, 20000, 3), 100, np.uint8)).save(thin)
-  r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={out}', str(thin), code=PEAK_RSS)
+  r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={out}', str(thin),
+                 code=PEAK_RSS)
   assert r.returncode == 0, r.stderr[-2000:]
   assert Image.open(out / 'thin.png').size == (20000, 1)
   peak_mb = int(re.search(r'peak_rss_kb (\d+)', r.stderr).group(1)) / 1024
@@ -172,7 +174,7 @@ def test_evaluate_and_predict_entry_points(tmp_path):
 def test_tiles_run_through_the_network_in_bounded_chunks_with_the_same_scores():
   """A device runs eval.tiles_per_device tiles at a time: 8 tiles need about the memory of 2, and score as one batch."""
   from dilated_jax import data as datasets, sharding
-  from dilated_jax.evaluate import Predictor
+  from dilated_jax.inference import Predictor
 
   cfg = config.load(os.path.join(ROOT, 'experiments/synthetic.py:stage=frontend'))  # activations outweigh the tiles
   cfg.eval.tile = (32, 32)
@@ -191,7 +193,8 @@ def test_tiles_run_through_the_network_in_bounded_chunks_with_the_same_scores():
   assert temp[1][8] - temp[1][2] < 0.25 * (temp[8][8] - temp[8][2]), temp
 
 @pytest.mark.parametrize('field,value', [('checkpoint_every', 0), ('log_every', 0), ('batch_size', 0),
-                                         ('keep_checkpoints', 0), ('keep_checkpoints', -1), ('eval.batch_size', 0), ('eval.tiles_per_device', 0),
+                                         ('keep_checkpoints', 0), ('keep_checkpoints', -1), ('eval.batch_size', 0),
+                                         ('eval.tiles_per_device', 0), ('eval.tensorboard_images', -1),
                                          ('data.workers', -2), ('total_steps', 0)])
 def test_counts_a_run_cannot_use_are_one_line_naming_the_field(tmp_path, field, value):
   cfg = tiny()
@@ -266,7 +269,7 @@ def test_a_failing_evaluation_keeps_the_checkpoint_of_its_step(tmp_path, monkeyp
 def test_sigterm_during_an_evaluation_exits_within_a_batch_with_the_checkpoint(tmp_path, monkeypatch):
   """A scheduler's grace period is shorter than a validation set: the flag is read between evaluation batches."""
   import signal
-  from dilated_jax.evaluate import Predictor
+  from dilated_jax.inference import Predictor
 
   calls = []
   confusion = Predictor.confusion

@@ -1,6 +1,7 @@
 """Released weights: the Caffe and torch readers, the import onto every preset, prediction and conversion from files.
 
-The files are written here, with known weights, as the authors' deploy networks lay them out (paper.md 1.2, 1.5);
+The files are written here, with known weights, as the authors' deploy networks lay them out (fyu/dilation
+models/*_deploy.prototxt);
 a numpy transcription of the deploy prototxts is the reference the imported network must match.
 """
 
@@ -563,7 +564,7 @@ def test_entry_points_give_one_line_for_wrong_files(released, tmp_path):
 
 
 def test_train_starts_from_a_weights_file(tmp_path):
-  """--config.init_weights: a file for the experiment's own (narrow) front end puts every layer in place."""
+  """--config.weights: a file for the experiment's own (narrow) front end puts every layer in place."""
   from dilated_jax import config
   from dilated_jax.train import train
 
@@ -579,7 +580,7 @@ def test_train_starts_from_a_weights_file(tmp_path):
                rng.normal(size=s['bias']).astype(np.float32)) for n, s in shapes.items()}
   path = str(tmp_path / 'front.caffemodel')
   caffe.write_caffemodel(path, [caffe.Layer(n, 'Convolution', list(b)) for n, b in blobs.items()])
-  cfg.init_weights = path
+  cfg.weights = path
   train(cfg, str(tmp_path / 'run'))
   params = checkpoint.load_params(str(tmp_path / 'run'))
   for name, (w, b) in blobs.items():
