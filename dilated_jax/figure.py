@@ -11,7 +11,6 @@ network its parameters hold (front end alone, or with the context module).
 from absl import flags
 from ml_collections import config_flags
 import numpy as np
-from PIL import Image
 
 from dilated_jax import InputError, cli, images, inference, sharding
 from dilated_jax import data as datasets
@@ -44,7 +43,7 @@ def main(argv):
     raise InputError(f'unexpected arguments {argv[1:]}: everything is given by flags')
   indices = [int(i) for i in FLAGS.indices.split(',')]
   picture = draw(FLAGS.config, FLAGS.workdirs.split(','), FLAGS.split, indices)
-  Image.fromarray(picture).save(FLAGS.output)
+  images.write_png(FLAGS.output, picture)
   print(f'wrote {FLAGS.output}: {len(indices)} {FLAGS.split} images x (image, ground truth, '
         f'{FLAGS.workdirs.replace(",", ", ")})')
 

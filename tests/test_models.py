@@ -96,7 +96,8 @@ SCHEDULES = {'basic': (ctx.BASIC, None), 'large': (ctx.BASIC, ctx.LARGE_MULTIPLI
 
 
 @pytest.mark.parametrize('padding', ['same', 'pad_once'])
-@pytest.mark.parametrize('schedule', sorted(SCHEDULES))
+@pytest.mark.parametrize('schedule', [pytest.param(s, marks=pytest.mark.slow) if s == 'large' else s
+                                      for s in sorted(SCHEDULES)])  # the Large module: 672 channels
 def test_identity_init_gives_relu(schedule, padding):
   """Noise-free identity init computes ReLU(x) per channel (layer 1 truncates) and keeps the map size."""
   dilations, multipliers = SCHEDULES[schedule]
@@ -180,6 +181,7 @@ def test_upsample_probabilities(mode):
   assert probs.min() >= 0
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters_loss_and_gradients():
   """Mixed precision (model.dtype): convolutions in bfloat16, parameters, loss and gradients in float32."""
   from dilated_jax.train import loss_and_metrics
@@ -206,6 +208,7 @@ def test_bfloat16_compute_keeps_float32_parameters_loss_and_gradients():
   assert np.corrcoef(final(g16).ravel(), final(g32).ravel())[0, 1] > 0.95
 
 
+@pytest.mark.slow
 def test_scaled_noise_keeps_the_large_module_near_the_identity_at_initialisation():
   """Eq. 5 needs sigma << C / c_out: with std 0.01 in the 16C and 32C layers the Large module starts far from the
   identity (about 65% of argmaxes kept, C = 21); scaled by C / c_out it keeps about 90%."""

@@ -17,6 +17,8 @@ from dilated_jax import data as datasets
 from dilated_jax.data import builder
 from dilated_jax.train import train
 
+pytestmark = pytest.mark.slow  # every test here trains or runs entry points (README, "Tests")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -30,6 +30,8 @@ from dilated_jax.data.info import DATASETS
 from dilated_jax.predict import read_image
 from dilated_jax.weights import caffe, torch_pickle
 
+pytestmark = pytest.mark.slow  # every test here trains or runs entry points (README, "Tests")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config=experiments/synthetic.py:stage=frontend', '--config.data.synthetic.image_size=32',
         '--config.data.synthetic.frame_width=2', '--config.data.synthetic.frame_distance=4',

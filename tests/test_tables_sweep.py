@@ -154,6 +154,7 @@ TINY = ("{'data.synthetic.image_size': 32, 'data.synthetic.train_size': 8, 'data
         "'model.front_end.fc_channels': 8, 'eval.tile': (32, 32), 'total_steps': 2, 'eval_every': 0, 'log_every': 1}")
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_runs_resumes_and_gathers(tmp_path):
   path = write_sweep(tmp_path / 'tiny.py', f"""
 T = {TINY}
@@ -173,6 +174,7 @@ def get_sweep():
   assert r.returncode == 0 and r.stderr.count('skipped') == 2
 
 
+@pytest.mark.slow
 def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
   import jax
   from dilated_jax import checkpoint, data as datasets, figure, images, sharding
@@ -223,3 +225,13 @@ def test_cityscapes_runs_print_table_8_from_their_category_iou(tmp_path):
   assert '| model | ' + ' | '.join(categories) + ' | mIoU |' in table8
   paper = dict(TABLES[8]['rows'])['val']
   assert '| ours - val | ' + ' | '.join(f'{80 - v:+.1f}' for v in paper) + ' |' in table8
+
+
+def test_a_sweep_override_goes_through_the_locked_config_and_a_mistyped_one_is_one_line():
+  run = dict(name='x', config='experiments/synthetic.py:stage=context', group='g', seed=0,
+             overrides={'model.context.dilations': (1, 2, 5), 'total_steps': 5})
+  cfg = sweep.run_config(run)
+  assert cfg.model.context.dilations == (1, 2, 5) and cfg.total_steps == 5
+  run['overrides'] = {'totl_steps': 5}
+  with pytest.raises(InputError, match=r'^sweep: run x: Key "totl_steps" does not exist .* Did you mean "total_steps"'):
+    sweep.run_config(run)

@@ -34,6 +34,7 @@ def assert_trees_equal(a, b, exact=True, **tol):
     (np.testing.assert_array_equal if exact else np.testing.assert_allclose)(x, y, **tol)
 
 
+@pytest.mark.slow
 def test_one_device_and_eight_devices_give_the_same_parameters(tmp_path):
   assert jax.device_count() == 8, 'tests/conftest.py asks for 8 simulated CPU devices'
   cfg = tiny(total_steps=2)
@@ -44,6 +45,7 @@ def test_one_device_and_eight_devices_give_the_same_parameters(tmp_path):
   assert not np.allclose(one['front_end']['final']['bias'], 0)
 
 
+@pytest.mark.slow
 def test_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
   cfg = tiny(total_steps=4)
   train(cfg, str(tmp_path / 'straight'))
@@ -57,6 +59,7 @@ def test_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
   assert steps == [1, 2, 3, 4]  # no step trained twice
 
 
+@pytest.mark.slow
 def test_stages_chain_and_the_context_stage_trains_only_the_context_module(tmp_path):
   train(tiny('frontend'), str(tmp_path / 'frontend'))
   result = train(tiny('context', init_from=str(tmp_path / 'frontend')), str(tmp_path / 'context'))
@@ -103,6 +106,7 @@ def run_module(*args, cwd=ROOT, code=None):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_entry_points(tmp_path):
   cfg_flags = ['--config=experiments/synthetic.py:stage=frontend', '--config.data.synthetic.image_size=32',
                '--config.data.synthetic.frame_width=2', '--config.data.synthetic.frame_distance=4',
@@ -213,6 +217,7 @@ def test_an_empty_split_is_one_line_naming_it(tmp_path):
     train(cfg, str(tmp_path / 'w'))
 
 
+@pytest.mark.slow
 def test_a_workdir_already_past_total_steps_is_refused_not_relabelled(tmp_path):
   train(tiny(total_steps=4), str(tmp_path / 'w'))
   with pytest.raises(InputError, match=r'total_steps: 2, but .*checkpoints/4 is already past it'):
@@ -253,6 +258,7 @@ def test_predict_refuses_outputs_that_would_overwrite_an_input_or_each_other(tmp
     output_stems([str(a), str(b)], str(tmp_path / 'out'))
 
 
+@pytest.mark.slow
 def test_a_failing_evaluation_keeps_the_checkpoint_of_its_step(tmp_path, monkeypatch):
   """The save comes first: an evaluation that fails (a bug, an OOM) costs no training."""
   import dilated_jax.train as train_module
@@ -266,6 +272,7 @@ def test_a_failing_evaluation_keeps_the_checkpoint_of_its_step(tmp_path, monkeyp
   assert checkpoint.steps(str(tmp_path / 'w')) == [2]
 
 
+@pytest.mark.slow
 def test_sigterm_during_an_evaluation_exits_within_a_batch_with_the_checkpoint(tmp_path, monkeypatch):
   """A scheduler's grace period is shorter than a validation set: the flag is read between evaluation batches."""
   import signal
@@ -292,6 +299,7 @@ def test_sigterm_during_an_evaluation_exits_within_a_batch_with_the_checkpoint(t
   assert not [r for r in records if r['kind'] == 'val']  # the abandoned evaluation is not recorded
 
 
+@pytest.mark.slow
 def test_retention_keeps_the_newest_and_the_best_recorded_step_and_best_reads_it(tmp_path, monkeypatch):
   """mIoU recorded after each save: keep_checkpoints=1 leaves the newest step and the best one, which 'best' loads."""
   import dilated_jax.train as train_module
@@ -312,6 +320,7 @@ def test_retention_keeps_the_newest_and_the_best_recorded_step_and_best_reads_it
   assert_trees_equal(checkpoint.load_params(workdir, 'latest'), params_at[8])
 
 
+@pytest.mark.slow
 def test_evaluations_on_the_test_split_never_choose_the_best_checkpoint(tmp_path, monkeypatch):
   """CamVid and KITTI evaluate on test: 'best' must not be picked on it (it stays the latest checkpoint)."""
   import dilated_jax.train as train_module

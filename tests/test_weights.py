@@ -273,6 +273,7 @@ def vgg16_blobs(seed=3):
   return net, dict(blobs, fc8=(fc8, np.zeros(10, np.float32)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('inner_product', [False, True], ids=['vgg_conv', 'VGG_ILSVRC_16_layers'])
 def test_vgg16_caffemodel_initialises_the_front_end(inner_product, tmp_path):
   """fc6 / fc7 stored as convolutions or as InnerProduct (V1 format, 4096 x 25088 at full width) land alike."""
@@ -395,6 +396,7 @@ def torchvision_state(blobs):
   return state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['zip', 'legacy', 'npz'])
 def test_torchvision_vgg16_gives_the_caffe_import_features(kind, tmp_path):
   """Weights W in torchvision's convention: the torchvision import fed BGR minus the mean (0-255) computes at fc7
@@ -507,6 +509,7 @@ def authors_probabilities(net, blobs, image_rgb, preset):
   return (1 - ct) * v0 + ct * v1
 
 
+@pytest.mark.slow
 def test_predict_and_convert_from_a_caffemodel(released, tmp_path):
   """predict --preset --weights = the authors' predict.py; convert's workdir predicts the same, and train and
   evaluate read it."""
@@ -543,6 +546,7 @@ def test_predict_and_convert_from_a_caffemodel(released, tmp_path):
   assert r.returncode == 2 and 'already holds checkpoints' in r.stderr  # never written over
 
 
+@pytest.mark.slow
 def test_entry_points_give_one_line_for_wrong_files(released, tmp_path):
   _, _, camvid = released['camvid']
   image = tmp_path / 'a.png'
@@ -563,6 +567,7 @@ def test_entry_points_give_one_line_for_wrong_files(released, tmp_path):
   assert not (tmp_path / 'out').exists() and not (tmp_path / 'w' / 'checkpoints').exists()
 
 
+@pytest.mark.slow
 def test_train_starts_from_a_weights_file(tmp_path):
   """--config.weights: a file for the experiment's own (narrow) front end puts every layer in place."""
   from dilated_jax import config
