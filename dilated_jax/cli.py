@@ -7,6 +7,8 @@ import os
 import re
 import sys
 import tempfile
+import threading
+import traceback
 import warnings
 
 from absl import logging
@@ -54,7 +56,8 @@ def check_writable(folder: str, field: str):
 
 def quiet_libraries():
   """Drops the INFO lines of orbax (several per checkpoint) from the log, keeping its warnings and errors (without
-  their tracebacks: the error that stops the run is printed once, by the entry point)."""
+  their tracebacks: the error that stops the run is printed once, by the entry point); the same for tensorboardX's
+  writer thread."""
   class Filter(std_logging.Filter):
     def filter(self, record):
       if 'orbax' not in record.pathname:
@@ -64,6 +67,23 @@ def quiet_libraries():
       return record.levelno >= std_logging.WARNING
 
   std_logging.getLogger('absl').addFilter(Filter())
+  if not getattr(threading.excepthook, 'quiets_tensorboard', False):
+    threading.excepthook = _tensorboard_errors_in_one_line(threading.excepthook)
+
+
+def _tensorboard_errors_in_one_line(previous):
+  """A thread excepthook that makes a failed write of tensorboardX's writer thread (a full disk, a quota) one warning
+  line instead of a traceback; closing the writer raises it again, where the run reports it."""
+
+  def hook(args):
+    frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback is not None else []
+    if issubclass(args.exc_type, OSError) and any(os.sep + 'tensorboardX' + os.sep in f.filename for f in frames):
+      logging.warning('TensorBoard events not written: %s', ' '.join(str(args.exc_value).split()))
+      return
+    previous(args)
+
+  hook.quiets_tensorboard = True
+  return hook
 
 
 def parse_flags(argv):

@@ -9,8 +9,8 @@ import math
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np

@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dilated_jax import InputError
-from dilated_jax import receptive_field as rf
+from dilated_jax import InputError, receptive_field as rf
 from dilated_jax.models.layers import DilatedConv
 
 # Dilations of the 3x3 layers (arXiv 1511.07122 Table 1; Dilation7 and 10: appendix A, fyu/dilation
