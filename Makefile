@@ -1,17 +1,25 @@
 # `make quickstart`: install into .venv and train, evaluate and predict on the built-in dataset.
-# `make test`: install into .venv and run the tests.
+# `make test`: install into .venv and run the tests (`make test PYTEST_ARGS='-m "not slow"'`: the fast subset).
+# PYTHON is the interpreter the venv is made with (default python3); everything then runs inside the venv, with the
+# pinned set of that Python's version: requirements.txt (3.11), requirements-py312.txt (3.12 and later).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
+PY := $(VENV)/bin/python
+REQUIREMENTS := $(shell $(PYTHON) -c 'import sys; print("requirements-py312.txt" if sys.version_info >= (3, 12) else "requirements.txt")')
+PYTEST_ARGS ?=
 
-$(VENV)/installed: requirements.lock pyproject.toml
+$(VENV)/installed: $(REQUIREMENTS) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -r requirements.lock
-	$(VENV)/bin/pip install -q --no-deps -e .
+	$(PY) -m pip install -q -r $(REQUIREMENTS)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: quickstart test
+.PHONY: quickstart test lint
 quickstart: $(VENV)/installed
-	bash experiments/quickstart.sh runs/quickstart
+	PYTHON=$(PY) bash experiments/quickstart.sh runs/quickstart
 
 test: $(VENV)/installed
-	$(VENV)/bin/python -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/installed
+	$(PY) -m ruff check .

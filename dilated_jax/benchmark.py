@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dilated_jax import InputError, cli, sharding
+from dilated_jax import InputError, checkpoint, cli, files, sharding
 from dilated_jax import config as config_lib
 from dilated_jax import data as datasets
 from dilated_jax.data import pipeline
@@ -106,8 +106,7 @@ def benchmark(preset: str, stage: str, batch: int, crop, dtype: str, devices, ru
   trainable = ('context_module',) if stage == 'context' else tuple(params)
   tx = optimizer(cfg)
   repl = sharding.replicated(mesh)
-  state = jax.device_put({'step': jnp.zeros((), jnp.int32), 'params': params,
-                          'opt_state': tx.init({k: params[k] for k in trainable})}, repl)
+  state = jax.device_put(checkpoint.initial_state(params, tx, trainable), repl)
   rng = np.random.default_rng(0)
   c = cfg.model.num_classes
   inputs = rng.normal(size=(batch,) + (tuple(out_hw) + (c,) if stage == 'context' else tuple(crop) + (3,)))
@@ -489,8 +488,7 @@ def overlap_benchmark(cfg, workers: list[int], steps: int, windows: int, devices
   params = jax.jit(model.init)(rng, jnp.zeros((1,) + crop + (3,)))['params']
   tx = optimizer(cfg)
   trainable = tuple(params)
-  holder = {'state': jax.device_put({'step': jnp.zeros((), jnp.int32), 'params': params,
-                                     'opt_state': tx.init(params)}, sharding.replicated(mesh))}
+  holder = {'state': jax.device_put(checkpoint.initial_state(params, tx, trainable), sharding.replicated(mesh))}
   step_fn = make_train_step(model, cfg.stage, trainable, tx, cfg.model.num_classes, rng, mesh, info.mean_bgr)
   n, batch = len(source), cfg.batch_size
   constant = sharding.global_batch(mesh, pipeline.ProcessBatch(make_example, n, batch, cfg.seed, range(batch))(0))
@@ -619,9 +617,7 @@ def write_output(path, new: list[dict]):
   if os.path.exists(path):
     with open(path) as f:
       results = json.load(f)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(results + new, f, indent=1)
-  os.replace(path + '.tmp', path)
+  files.write_json(path, results + new)
 
 
 if __name__ == '__main__':

@@ -16,11 +16,12 @@ import warnings
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from dilated_jax import InputError
+from dilated_jax import InputError, files
 
 # Where resuming moves the checkpoints it found unreadable, beside checkpoints/: out of orbax's way (it would refuse
 # to save a step whose folder exists), kept for a person to look at.
@@ -49,6 +50,15 @@ class KeepBest:
   def should_preserve(self, checkpoints, *, context=None):
     best = best_step(self.workdir)
     return [c.step == best for c in checkpoints]
+
+
+def initial_state(params, tx=None, trainable=()) -> dict:
+  """What a checkpoint holds at step 0: the step, every parameter and, for training (`tx`, an optax transformation),
+  the optimizer state of the `trainable` subtrees; converted weights (no `tx`) hold no optimizer state."""
+  state = {'step': jnp.zeros((), jnp.int32), 'params': params}
+  if tx is not None:
+    state['opt_state'] = tx.init({k: params[k] for k in trainable})
+  return state
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, force: bool = False):
@@ -88,11 +98,7 @@ def record_miou(mngr: ocp.CheckpointManager, workdir: str, step: int, miou: floa
   """
   wait(mngr)
   if jax.process_index() == 0:
-    path = os.path.join(step_dir(workdir, step), 'metrics', 'metrics')
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-      json.dump({'miou': float(miou)}, f)
-    os.replace(path + '.tmp', path)
+    files.write_json(os.path.join(step_dir(workdir, step), 'metrics', 'metrics'), {'miou': float(miou)})
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices('dilated_jax: mIoU recorded')

@@ -4,8 +4,11 @@ import functools
 import importlib.metadata
 import logging as std_logging
 import os
+import re
 import sys
 import tempfile
+import threading
+import traceback
 import warnings
 
 from absl import logging
@@ -53,7 +56,8 @@ def check_writable(folder: str, field: str):
 
 def quiet_libraries():
   """Drops the INFO lines of orbax (several per checkpoint) from the log, keeping its warnings and errors (without
-  their tracebacks: the error that stops the run is printed once, by the entry point)."""
+  their tracebacks: the error that stops the run is printed once, by the entry point); the same for tensorboardX's
+  writer thread."""
   class Filter(std_logging.Filter):
     def filter(self, record):
       if 'orbax' not in record.pathname:
@@ -63,6 +67,23 @@ def quiet_libraries():
       return record.levelno >= std_logging.WARNING
 
   std_logging.getLogger('absl').addFilter(Filter())
+  if not getattr(threading.excepthook, 'quiets_tensorboard', False):
+    threading.excepthook = _tensorboard_errors_in_one_line(threading.excepthook)
+
+
+def _tensorboard_errors_in_one_line(previous):
+  """A thread excepthook that makes a failed write of tensorboardX's writer thread (a full disk, a quota) one warning
+  line instead of a traceback; closing the writer raises it again, where the run reports it."""
+
+  def hook(args):
+    frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback is not None else []
+    if issubclass(args.exc_type, OSError) and any(os.sep + 'tensorboardX' + os.sep in f.filename for f in frames):
+      logging.warning('TensorBoard events not written: %s', ' '.join(str(args.exc_value).split()))
+      return
+    previous(args)
+
+  hook.quiets_tensorboard = True
+  return hook
 
 
 def parse_flags(argv):
@@ -86,11 +107,36 @@ def parse_flags(argv):
     sys.exit(2)
 
 
-def run(main):
-  """app.run(main) with clear errors: bad flags and bad input give one line and exit code 2."""
+def run(main, config_from: str | None = None):
+  """app.run(main) with clear errors: bad flags and bad input give one line and exit code 2.
+
+  config_from: the flag naming a training run's workdir (or a comma-separated list of them, the first counting);
+  without --config, the config is that workdir's config.json (`workdir_config`), overrides (`--config.x=...`)
+  included.
+  """
   from absl import app
 
+  if config_from is not None:
+    sys.argv[:] = with_workdir_config(sys.argv, config_from)
   app.run(entry_point(main), flags_parser=parse_flags)
+
+
+# A config file (ml_collections' --config=FILE:ARG) whose get_config(WORKDIR) is the config a run saved there.
+WORKDIR_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'workdir_config.py')
+
+
+def with_workdir_config(argv: list[str], flag: str) -> list[str]:
+  """argv with `--config=WORKDIR_CONFIG:WORKDIR` put first when it gives --`flag` but no --config."""
+  if any(re.match(r'^--?config(=|$)', a) for a in argv[1:]):
+    return list(argv)
+  workdir = None
+  for i, arg in enumerate(argv[1:], 1):
+    match = re.match(rf'^--?{flag}(=(.*))?$', arg)
+    if match:
+      workdir = match.group(2) if match.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
+  if not workdir:
+    return list(argv)
+  return [argv[0], f'--config={WORKDIR_CONFIG}:{workdir.split(",")[0]}', *argv[1:]]
 
 
 def entry_point(main):

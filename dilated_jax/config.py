@@ -1,17 +1,21 @@
 """The fields every experiment config has; experiments/*.py start from `base()` and set what differs."""
 
+import json
+import os
+
+from absl import logging
 import ml_collections
 
-from dilated_jax import InputError
+from dilated_jax import InputError, stages
 from dilated_jax.data import synthetic
 from dilated_jax.data.info import DATASETS
 from dilated_jax.models import model_config
 
-STAGES = ('frontend', 'context', 'joint')
+STAGES = tuple(stages.STAGES)
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
-  """'stage=context,variant=large' -> dict, over `defaults`; a key not in `defaults` is an error.
+  """'stage=context,context=large' -> dict, over `defaults`; a key not in `defaults` is an error.
 
   A default given as a tuple lists the values allowed, the first being the default; another value is an error.
   """
@@ -33,7 +37,7 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
       stage='frontend',  # frontend | context (on the cached front-end scores) | joint
       init_from='',  # workdir of the previous stage (context, joint)
-      init_weights='',  # or a weights file: ImageNet VGG-16 (front end) or a released model (dilated_jax.weights)
+      weights='',  # or a weights file: ImageNet VGG-16 (front end) or a released model (dilated_jax.weights)
       seed=0,
       batch_size=8,  # global: split over all devices of all hosts
       total_steps=1000,
@@ -47,11 +51,14 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
       eval_every=0,  # 0: evaluate at the end only
       checkpoint_every=1000,
       keep_checkpoints=3,
+      profile_steps=(),  # (first, last): a jax.profiler trace of those steps into WORKDIR/tb (README, "Profiling")
       model=model_config(preset),
       data=dict(
           name='synthetic',
           dir='',  # where `python -m dilated_jax.data.prepare` wrote the paper datasets (its --data_dir)
-          variant='',  # which training set of data.name, e.g. pascal_voc 'sbd' or 'coco'; '' = the dataset's own
+          # which training set of data.name: '' its own train split; pascal_voc 'sbd' (VOC 2012 train + SBD) or
+          # 'coco' (VOC + SBD + the COCO images with VOC classes)
+          train_set='',
           # training crop, margin included (arXiv 1511.07122 section 5); (0, 0): the whole image + margin
           crop=(500, 500),
           flip=True,
@@ -59,8 +66,9 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
           workers=-1,  # processes building training batches (grain): -1 one per available core, 0 in this process
           synthetic=synthetic.default_config(),
       ),
-      # tiles_per_device: tiles a device runs through the network at once, whatever an image's size (memory bound).
-      eval=dict(split='val', tile=(528, 528), batch_size=8, tiles_per_device=8),
+      # tiles_per_device: tiles a device runs through the network at once, whatever an image's size (memory bound);
+      # tensorboard_images: the first images of the split drawn with their predictions at each evaluation.
+      eval=dict(split='val', tile=(528, 528), batch_size=8, tiles_per_device=8, tensorboard_images=3),
   ))
   if preset is not None:
     cfg.data.update(name=preset, dir='data')
@@ -96,3 +104,55 @@ def load(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+# Fields renamed since a workdir's config.json may have been written: old dotted name -> new (docs/decisions.md).
+RENAMED = {'init_weights': 'weights', 'data.variant': 'data.train_set',
+           'model.context.init': 'model.context.initialisation'}
+
+
+def read_saved(workdir: str) -> dict:
+  """WORKDIR/config.json as a dict, with the fields of `RENAMED` under their new names (a warning line each)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no such file (expected the workdir of a training run, or give --config)')
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise InputError(f'{path}: not a readable config ({e})') from None
+  if not isinstance(saved, dict):
+    raise InputError(f'{path}: expected a JSON object of config fields')
+  for old, new in RENAMED.items():
+    *parents, leaf = old.split('.')
+    node = saved
+    for key in parents:
+      node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf in node:
+      logging.warning('%s: reading %s as %s (renamed)', path, old, new)
+      node.setdefault(new.split('.')[-1], node.pop(leaf))
+  return saved
+
+
+def from_workdir(workdir: str) -> ml_collections.ConfigDict:
+  """The locked config a training run saved in `workdir`, over `base()` (fields added since get their defaults); a
+  field this code does not know is an InputError naming it."""
+  flat = {}
+
+  def flatten(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        flatten(value, f'{prefix}{key}.')
+      else:  # JSON has no tuples: every sequence of a config is one
+        flat[prefix + key] = tuple(value) if isinstance(value, list) else value
+
+  flatten(read_saved(workdir), '')
+  cfg = base()
+  cfg.lock()
+  for key, value in flat.items():
+    try:
+      cfg.update_from_flattened_dict({key: value})
+    except (KeyError, AttributeError, TypeError) as e:
+      raise InputError(f'{os.path.join(workdir, "config.json")}: {key}: not a field of this config, or of another '
+                       f'type ({" ".join(str(e).split())})') from None
+  return finalize(cfg)

@@ -1,173 +1,22 @@
-"""Full-image evaluation with the authors' test-time tiling (fyu/dilation test.py, test_image).
+"""Full-image evaluation of a training run with the authors' test-time tiling (fyu/dilation test.py, test_image).
 
-  python -m dilated_jax.evaluate --config=experiments/synthetic.py:stage=context --workdir=DIR [--split=test]
+  python -m dilated_jax.evaluate --workdir=DIR [--split=test] [--checkpoint=best|latest]
 
-Prints the per-class IoU table in the paper's column order and writes it as JSON in DIR/eval/.
+The network, dataset and tiles are those of DIR/config.json, the run's own config (`--config.eval.tile=...` and any
+other field overridable; `--config=experiments/X.py:ARG` gives another config). Prints the per-class IoU table in
+the paper's column order and writes it as JSON in DIR/eval/.
 """
 
-import functools
-import json
-import math
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
-import jax.numpy as jnp
-from jax.experimental import multihost_utils
-from jax.sharding import PartitionSpec as P
-import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
-from dilated_jax import InputError, checkpoint, cli, metrics, progress, sharding, weights
+from dilated_jax import cli, files, sharding
 from dilated_jax import data as datasets
-from dilated_jax.data import pipeline, tiling
-from dilated_jax.models import build_model, label_offset, upsample_probabilities
-
-
-def stitch(maps, grid):
-  """(B * nh * nw, h, w, C) tile outputs, row-major over the grid -> (B, nh * h, nw * w, C)."""
-  nh, nw = grid
-  _, h, w, c = maps.shape
-  return maps.reshape(-1, nh, nw, h, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(-1, nh * h, nw * w, c)
-
-
-def in_chunks(fn, x, size: int):
-  """fn over the leading axis of x, `size` rows at a time (the last chunk zero-filled): memory bounded by `size`, not
-  by the number of rows."""
-  n = x.shape[0]
-  if n <= size:
-    return fn(x)
-  chunks = -(-n // size)
-  x = jnp.pad(x, ((0, chunks * size - n),) + ((0, 0),) * (x.ndim - 1))
-  y = jax.lax.map(fn, x.reshape((chunks, size) + x.shape[1:]))
-  return y.reshape((chunks * size,) + y.shape[2:])[:n]
-
-
-class Predictor:
-  """Tiled inference for one network: image batches in, full-resolution class probabilities out (fyu/dilation
-  test.py, test_image).
-
-  The image, BGR minus the mean, is reflect-padded by the margin and cut into tiles whose outputs are `tile` pixels
-  and do not overlap; short tiles at the bottom and right are reflect-padded. Each device runs its tiles through the
-  network `tiles_per_device` at a time, so that memory does not grow with an image's size. Scores are stitched,
-  turned into probabilities, upsampled (zoom: softmax of the stitched map, then x8; deconv: per tile, as
-  in-network), cropped.
-  """
-
-  def __init__(self, model_cfg: ml_collections.ConfigDict, info, tile, mesh, with_context: bool = True,
-               tiles_per_device: int = 8):
-    self.model = build_model(model_cfg, with_context=with_context)
-    self.upsample = model_cfg.upsample
-    self.mean_bgr, self.mesh = info.mean_bgr, mesh
-    fe = self.model.front_end
-    self.margin, self.stride = fe.margin, fe.stride
-    self.tile = tuple(int(t) for t in tile)
-    if any(t % self.stride for t in self.tile):
-      raise InputError(f'eval.tile: expected multiples of the output stride {self.stride}, got {self.tile}')
-    if not isinstance(tiles_per_device, int) or tiles_per_device < 1:
-      raise InputError(f'eval.tiles_per_device: expected an integer >= 1, got {tiles_per_device!r}')
-    self.tiles_per_device = tiles_per_device
-    self.tiling = tiling.Tiling(self.tile, self.margin, self.stride, self.mean_bgr,
-                                label_offset(self.upsample, self.stride))
-
-  def _tile_scores(self, params, tiles):
-    """(N, th / s, tw / s, C) scores of N tiles sharded over the mesh; each device runs its own in chunks."""
-    def local(params, tiles):
-      return in_chunks(lambda x: self.model.apply({'params': params}, x), tiles, self.tiles_per_device)
-
-    return jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P('data')), out_specs=P('data'))(params, tiles)
-
-  def _upsampled(self, tile_scores, grid, out_hw):
-    """(B, out_h, out_w, C) probabilities of the batch's tile scores on `grid`, cropped to out_hw."""
-    if self.upsample == 'zoom':
-      return upsample_probabilities(stitch(tile_scores, grid), 'zoom', self.stride, out_hw)
-    probs = stitch(upsample_probabilities(tile_scores, 'deconv', self.stride, self.tile), grid)
-    return probs[:, :out_hw[0], :out_hw[1]]
-
-  @functools.lru_cache(maxsize=None)
-  def _jitted(self, grid):
-    """Jitted (tile scores, probabilities cropped to a static size, confusion matrix) for batches on `grid`."""
-    repl, rows = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
-    full = (grid[0] * self.tile[0], grid[1] * self.tile[1])
-
-    def confusion(params, tiles, labels, num_classes):
-      preds = jnp.argmax(self._upsampled(self._tile_scores(params, tiles), grid, full), axis=-1)
-      return metrics.confusion_matrix(labels, preds, num_classes)
-
-    return (jax.jit(self._tile_scores, in_shardings=(repl, rows), out_shardings=rows),
-            jax.jit(lambda scores, out_hw: self._upsampled(scores, grid, out_hw), in_shardings=(rows,),
-                    out_shardings=rows, static_argnums=1),
-            jax.jit(confusion, in_shardings=(repl, rows, rows), out_shardings=repl, static_argnums=3))
-
-  @functools.lru_cache(maxsize=None)
-  def scores_fn(self, grid):
-    """Jitted (params, tiles of a batch on `grid`) -> the network's stitched scores (B, nh h, nw w, C), before the
-    softmax: what the score cache holds (fyu/dilation test.py --bin)."""
-    repl, rows = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
-    return jax.jit(lambda params, tiles: stitch(self._tile_scores(params, tiles), grid),
-                   in_shardings=(repl, rows), out_shardings=rows)
-
-  def probabilities(self, params, images) -> list[np.ndarray]:
-    """Full-resolution (H, W, C) float32 class probabilities of each image; the upsampling covers the batch's
-    largest image, not its tile grid."""
-    grid, local = self.tiling.batch(images, rows=sharding.process_rows(len(images)))
-    scores_fn, upsampled_fn, _ = self._jitted(grid)
-    out_hw = tuple(max(im.shape[i] for im in images) for i in (0, 1))
-    probs = upsampled_fn(scores_fn(params, sharding.global_batch(self.mesh, local)['tiles']), out_hw)
-    probs = np.asarray(multihost_utils.process_allgather(probs, tiled=True))
-    return [p[:im.shape[0], :im.shape[1]] for p, im in zip(probs, images)]
-
-  def confusion(self, params, grid, local: dict, num_classes: int):
-    """(C, C) confusion matrix (on device) of a batch tiled on `grid`, of which `local` holds this process's rows
-    ('tiles', and 'labels' at full resolution padded to the grid), as `Tiling.batch` makes them."""
-    batch = sharding.global_batch(self.mesh, local)
-    return self._jitted(grid)[2](params, batch['tiles'], batch['labels'], num_classes)
-
-
-def evaluate(predictor: Predictor, params, source, info, batch_size: int, workers: int = 0,
-             stop=None) -> dict | None:
-  """Confusion matrix, per-class IoU, mIoU and pixel accuracy of `params` on every image of `source`.
-
-  Batches of `batch_size` images in dataset order (the last filled up with blank images whose labels are all void)
-  are read, decoded and tiled by `workers` processes (0: a thread here) while the devices run the previous ones.
-  `stop()` is asked between batches: when it is true (a SIGTERM) the evaluation is abandoned and None returned, so
-  that a preempted run exits within a batch, not after a whole validation set.
-  """
-  batch_size = math.ceil(batch_size / predictor.mesh.size) * predictor.mesh.size
-  read = tiling.TiledBatches(source, predictor.tiling, batch_size, sharding.process_rows(batch_size))
-  confusion = jnp.zeros((info.num_classes, info.num_classes), jnp.int32)
-  done = progress.Progress('evaluation', len(source), main=jax.process_index() == 0)
-  batches = pipeline.ordered_map(read, range(len(read)), workers)
-  try:
-    for b, local in enumerate(batches):
-      if stop is not None and stop():
-        logging.warning('evaluation abandoned after %d of %d images (SIGTERM)', b * batch_size, len(source))
-        return None
-      grid = tuple(int(g) for g in local.pop('grid'))
-      confusion = confusion + predictor.confusion(params, grid, local, info.num_classes)
-      done.update(min(batch_size, len(source) - b * batch_size))
-  finally:
-    batches.close()  # the worker processes, also when a record fails
-  confusion = np.asarray(jax.device_get(confusion))
-  result = metrics.scores(confusion)
-  out = {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy'], 'iou': _named(info.class_names, result),
-         'confusion': confusion.tolist(), 'num_images': len(source)}
-  if info.categories:  # Cityscapes: category IoU (Table 8)
-    categories = metrics.scores(metrics.category_confusion(confusion, info.class_names, info.categories))
-    out.update(category_iou=_named([c for c, _ in info.categories], categories), category_miou=categories['miou'])
-  return out
-
-
-def _named(names, result) -> dict:
-  return dict(zip(names, [None if np.isnan(v) else float(v) for v in result['iou']]))
-
-
-def report(result: dict, info, title: str) -> str:
-  """The IoU table of an evaluation result, as Markdown."""
-  iou = np.array([np.nan if result['iou'][n] is None else result['iou'][n] for n in info.class_names])
-  return metrics.iou_table(info.class_names, iou, title)
-
+from dilated_jax.data import pipeline
+from dilated_jax.inference import evaluate, report, restore
 
 FLAGS = flags.FLAGS
 
@@ -177,14 +26,9 @@ def main(argv):
   cfg = FLAGS.config
   info = datasets.dataset_info(cfg.data)
   source = datasets.get_source(cfg.data, FLAGS.split)
-  params = checkpoint.load_params(FLAGS.workdir, FLAGS.checkpoint)
-  weights.check_params(params, cfg.model, FLAGS.workdir)  # a layer of another shape: one line naming it
+  predictor, params = restore(FLAGS.workdir, FLAGS.checkpoint, cfg, info, sharding.make_mesh())
   if jax.process_index() == 0:  # where the result goes, before the evaluation
     cli.check_writable(os.path.join(FLAGS.workdir, 'eval'), '--workdir')
-  mesh = sharding.make_mesh()
-  predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context='context_module' in params,
-                        tiles_per_device=cfg.eval.tiles_per_device)
-  params = jax.device_put(params, sharding.replicated(mesh))
   result = evaluate(predictor, params, source, info, cfg.eval.batch_size,
                     pipeline.resolve_workers(cfg.data.workers))
   result.update(split=FLAGS.split, checkpoint=FLAGS.checkpoint, workdir=os.path.abspath(FLAGS.workdir),
@@ -194,16 +38,15 @@ def main(argv):
         f'({len(source)} images)')
   if jax.process_index() == 0:
     out = os.path.join(FLAGS.workdir, 'eval', f'{FLAGS.split}_{FLAGS.checkpoint}.json')
-    with open(out + '.tmp', 'w') as f:
-      json.dump(result, f, indent=1)
-    os.replace(out + '.tmp', out)
+    files.write_json(out, result)
     logging.info('wrote %s', out)
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'experiment config file', lock_config=True)
+  config_flags.DEFINE_config_file('config', None, 'experiment config file (default: WORKDIR/config.json)',
+                                  lock_config=True)
   flags.DEFINE_string('workdir', None, 'workdir of the training run to evaluate')
   flags.DEFINE_string('split', 'test', 'dataset split')
   flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'which checkpoint of the workdir')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  cli.run(main)
+  flags.mark_flags_as_required(['workdir'])
+  cli.run(main, config_from='workdir')

@@ -16,7 +16,8 @@ def confusion_matrix(labels, preds, num_classes: int):
 
 
 def scores(confusion) -> dict:
-  """Per-class IoU = TP / (TP + FP + FN), its mean over classes that occur (in labels or predictions), pixel accuracy."""
+  """Per-class IoU = TP / (TP + FP + FN), its mean over classes that occur (in labels or predictions), pixel
+  accuracy."""
   c = np.asarray(confusion, np.float64)
   tp = np.diag(c)
   union = c.sum(0) + c.sum(1) - tp

@@ -1,4 +1,4 @@
-"""The paper's result tables (Yu & Koltun 2016; ../shared/paper.md §4), IoU in %, as data in one place.
+"""The paper's result tables (Yu & Koltun, arXiv 1511.07122, Tables 2-8), IoU in %, as data in one place.
 
 Each table: its title, the dataset it is on, the column names (classes in the table's order, then mIoU) and
 the rows (model, values). The VOC tables omit background, but their mIoU averages 21 classes with it.

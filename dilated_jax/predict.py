@@ -1,34 +1,35 @@
 """Segments image files: a palette PNG per image, an overlay, optionally the probabilities.
 
-The network comes from a training run, or from released weights for one of the paper's presets:
+The network comes from a training run (its workdir's config.json gives the network, dataset and tiles; `--config`
+gives another), or from released weights for one of the paper's presets:
 
-  python -m dilated_jax.predict --config=experiments/synthetic.py:stage=context --workdir=DIR --output_dir=OUT a.png
+  python -m dilated_jax.predict --workdir=DIR --output_dir=OUT a.png
   python -m dilated_jax.predict --preset=camvid --weights=dilation8_camvid.caffemodel --output_dir=OUT a.png
 
 --weights is a .caffemodel (the authors' dilation8_pascal_voc, dilation8_camvid, dilation7_kitti,
 dilation10_cityscapes) or a workdir written by this library (train, or dilated_jax.weights.convert); --preset
-gives the network, dataset mean, palette and test tile (paper.md 1.5, 1.6). Writes OUT/<stem>.png (class colours in
-the dataset's palette, as the authors' predict.py), OUT/<stem>_overlay.png (the colours over the image) and, with
---save_probs, OUT/<stem>.npy: (H, W, C) float32 full-resolution probabilities: BGR minus the mean, reflection
-padding 186, the preset's tiles, softmax, x8 zoom (or Cityscapes' bilinear deconvolution).
+gives the network, dataset mean, palette and test tile (fyu/dilation predict.py and datasets/*.json). Writes
+OUT/<stem>.png (class colours in the dataset's palette, as the authors' predict.py), OUT/<stem>_overlay.png (the
+colours over the image) and, with --save_probs, OUT/<stem>.npy: (H, W, C) float32 full-resolution probabilities:
+BGR minus the mean, reflection padding 186, the preset's tiles, softmax, x8 zoom (or Cityscapes' bilinear
+deconvolution).
 """
 
 import math
 import os
 import warnings
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from dilated_jax import InputError, checkpoint, cli, sharding, weights
+from dilated_jax import InputError, checkpoint, cli, images, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax.data.info import DATASETS, IMAGE_MODES
-from dilated_jax.evaluate import Predictor
+from dilated_jax.inference import Predictor
 from dilated_jax.models import model_config
-
 
 # Pixels of an image counted on its tile grid (each side rounded up to whole tiles): what predict's memory grows
 # with. 2^25 is 8192 x 4096, 16 Cityscapes images; --max_pixels raises it (docs/decisions.md).
@@ -83,33 +84,20 @@ def output_stems(paths, output_dir: str, suffixes=('.png', '_overlay.png', '.npy
   return list(stems)
 
 
-def colourise(labels: np.ndarray, palette) -> np.ndarray:
-  """(H, W) class ids -> (H, W, 3) uint8 colours of `palette`; IGNORE_LABEL (void) black."""
-  table = np.zeros((256, 3), np.uint8)
-  table[:len(palette)] = palette
-  return table[labels]
-
-
-def write_png(path: str, array: np.ndarray):
-  """Writes through a temporary file, so an interrupted run never leaves a half-written PNG."""
-  tmp = path + '.tmp'
-  Image.fromarray(array).save(tmp, format='PNG')
-  os.replace(tmp, path)
-
-
 FLAGS = flags.FLAGS
 
 
 def network():
-  """(model config, dataset info, tile, params, with_context, tiles per device) from --config/--workdir or --preset/--weights."""
+  """(model config, dataset info, tile, params, with_context, tiles per device) from --workdir (and --config) or
+  --preset and --weights."""
   run = FLAGS.config is not None or FLAGS.workdir is not None
   released = FLAGS.preset is not None or FLAGS.weights is not None
   if run == released:
-    raise InputError('expected either --config and --workdir (a training run) or --preset and --weights '
-                     '(released weights), ' + ('not both' if run else 'got neither'))
+    raise InputError('expected either --workdir (a training run; --config to give another config than its own) or '
+                     '--preset and --weights (released weights), ' + ('not both' if run else 'got neither'))
   if run:
-    if FLAGS.config is None or FLAGS.workdir is None:
-      raise InputError('--config and --workdir: a training run needs both')
+    if FLAGS.workdir is None:
+      raise InputError('--config: give the --workdir of the training run too')
     if FLAGS['width'].present:
       raise InputError('--width: only with --preset (a config sets model.front_end.width)')
     cfg = FLAGS.config
@@ -132,18 +120,18 @@ def main(argv):
     raise InputError('no images given: expected image files after the flags')
   stems = output_stems(paths, FLAGS.output_dir, ('.png', '_overlay.png') + (('.npy',) if FLAGS.save_probs else ()))
   model_cfg, info, tile, params, with_context, tiles_per_device = network()
-  images = [read_image(p, tile, FLAGS.max_pixels) for p in paths]  # every file is checked before anything is written
+  pictures = [read_image(p, tile, FLAGS.max_pixels) for p in paths]  # every file is checked before anything is written
   cli.check_writable(FLAGS.output_dir, '--output_dir')
   mesh = sharding.make_mesh()
   predictor = Predictor(model_cfg, info, tile, mesh, with_context=with_context, tiles_per_device=tiles_per_device)
   params = jax.device_put(params, sharding.replicated(mesh))
-  for path, image, stem in zip(paths, images, stems):
+  for path, image, stem in zip(paths, pictures, stems):
     fill = [np.zeros_like(image)] * (mesh.size - 1)  # one image per call, the batch filled up per device
     probs = predictor.probabilities(params, [image] + fill)[0]
     labels = probs.argmax(-1)
-    colours = colourise(labels, info.palette)
-    write_png(stem + '.png', colours)
-    write_png(stem + '_overlay.png', (0.5 * image + 0.5 * colours).astype(np.uint8))
+    colours = images.colourise(labels, info.palette)
+    images.write_png(stem + '.png', colours)
+    images.write_png(stem + '_overlay.png', images.overlay(image, colours))
     if FLAGS.save_probs:
       np.save(stem + '.npy', probs.astype(np.float32))
     logging.info('%s -> %s.png', path, stem)
@@ -151,7 +139,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'experiment config file', lock_config=True)
+  config_flags.DEFINE_config_file('config', None, 'with --workdir: experiment config file (default: '
+                                  'WORKDIR/config.json)', lock_config=True)
   flags.DEFINE_string('workdir', None, 'workdir of a training run')
   flags.DEFINE_enum('preset', None, sorted(DATASETS), 'with --weights: the paper network the weights are for')
   flags.DEFINE_string('weights', None, 'with --preset: a .caffemodel, or a workdir of this library')
@@ -164,4 +153,4 @@ if __name__ == '__main__':
                        '--config: its eval.tiles_per_device', lower_bound=1)
   flags.DEFINE_bool('save_probs', False, 'also write <stem>.npy: full-resolution class probabilities')
   flags.mark_flags_as_required(['output_dir'])
-  cli.run(main)
+  cli.run(main, config_from='workdir')

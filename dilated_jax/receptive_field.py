@@ -1,4 +1,4 @@
-"""Analytic receptive fields and output sizes, layer by layer (paper section 2, paper.md 1.2)."""
+"""Analytic receptive fields and output sizes, layer by layer (arXiv 1511.07122 section 2)."""
 
 import dataclasses
 import math
@@ -30,7 +30,8 @@ def table(layers: Sequence[Layer]) -> list[dict]:
 
 
 def receptive_field(layers: Sequence[Layer]) -> tuple[int, int]:
-  """(receptive field, jump) of a stack of layers; the context module's 67 is in feature cells, the front end's 380 in pixels."""
+  """(receptive field, jump) of a stack of layers; the context module's 67 is in feature cells, the front end's 380
+  in pixels."""
   rows = table(layers)
   return (rows[-1]['receptive_field'], rows[-1]['jump']) if rows else (1, 1)
 

@@ -1,9 +1,9 @@
 """The front end's scores of every training image, computed once for the context stage, which is trained on them
 (arXiv 1511.07122, section 5; fyu/dilation test.py --bin), and read back one image at a time.
 
-On disk, `FEATURES/train_<hash>/` holds two .npy files: `scores.npy`, float32 (N, h, w, C), and `labels.npy`, uint8
-(N, h, w) with IGNORE_LABEL (255) for void. They are written one image after another and read by offset, one image
-at a time, never whole: Cityscapes' cache is 7.4 GB.
+On disk, `FRONT_END_WORKDIR/features/train_<hash>/` holds two .npy files: `scores.npy`, float32 (N, h, w, C), and
+`labels.npy`, uint8 (N, h, w) with IGNORE_LABEL (255) for void. They are written one image after another and read
+by offset, one image at a time, never whole: Cityscapes' cache is 7.4 GB.
 
 Grain's worker processes unpickle `ScoreCache` from this module, so JAX is imported only where scores are computed.
 """

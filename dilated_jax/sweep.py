@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 
 from dilated_jax import InputError, cli, config as config_lib, receptive_field as rf
@@ -49,7 +49,9 @@ def load_sweep(path: str) -> list[dict]:
 
 
 def flag_value(value) -> str:
-  return '(' + ','.join(map(str, value)) + (',)' if len(value) == 1 else ')') if isinstance(value, tuple) else str(value)
+  if not isinstance(value, tuple):
+    return str(value)
+  return '(' + ','.join(map(str, value)) + (',)' if len(value) == 1 else ')')
 
 
 def commands(run: dict, workdir: str) -> list[list[str]]:
@@ -68,12 +70,12 @@ def commands(run: dict, workdir: str) -> list[list[str]]:
 def run_config(run: dict):
   """The config of a run: its config file and argument, then its overrides."""
   cfg = config_lib.load(run['config'])
-  for key, value in run.get('overrides', {}).items():
-    *parents, leaf = key.split('.')
-    node = cfg
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  try:
+    cfg.update_from_flattened_dict(run.get('overrides', {}))  # the config is locked: a mistyped field is an error
+  except (KeyError, AttributeError, TypeError) as e:
+    message = str(e.args[0] if e.args else e)
+    hint = message.split('\n')[-1] if 'Did you mean' in message else ''
+    raise InputError(f'sweep: run {run["name"]}: {message.split(". Other fields")[0]}. {hint}'.strip()) from None
   return cfg
 
 

@@ -14,10 +14,10 @@ import glob
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 
-from dilated_jax import InputError, cli
+from dilated_jax import InputError, cli, config as config_lib
 from dilated_jax.paper_results import TABLES
 
 # (dataset, split) -> the paper's tables of it.
@@ -49,11 +49,8 @@ def paper_row(table: int, run: dict) -> str | None:
 
 
 def _config(workdir: str) -> dict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  """The workdir's saved config (old field names read under their new ones), {} when it has none."""
+  return config_lib.read_saved(workdir) if os.path.exists(os.path.join(workdir, 'config.json')) else {}
 
 
 def training_data(config: dict, seen=()) -> str | None:
@@ -61,14 +58,14 @@ def training_data(config: dict, seen=()) -> str | None:
   None when it cannot be told (a workdir started from one that is gone). Context and joint runs, and a front end
   fine-tuned from another (init_from), are what their init_from was."""
   data = config.get('data', {})
-  if data.get('variant') == 'coco':
+  if data.get('train_set') == 'coco':
     return 'coco'
   init_from = config.get('init_from')
   if init_from:
     if init_from in seen or not os.path.isdir(init_from):
       return None
     return training_data(_config(init_from), seen + (init_from,))
-  return 'voc_sbd' if config.get('stage') == 'frontend' and data.get('variant') == 'sbd' else None
+  return 'voc_sbd' if config.get('stage') == 'frontend' and data.get('train_set') == 'sbd' else None
 
 
 def load_runs(workdirs) -> list[dict]:

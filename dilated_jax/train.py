@@ -1,17 +1,20 @@
-"""Trains one stage of the dilation network (paper.md 3): front end, context module, or both jointly.
+"""Trains one stage of the dilation network (arXiv 1511.07122, section 5 and appendix A): front end, context
+module, or both jointly.
 
   python -m dilated_jax.train --config=experiments/synthetic.py:stage=frontend --workdir=runs/synthetic/frontend
 
-Rerunning the same command in the same workdir resumes from the last checkpoint, data order included.
-The context stage trains on the front end's scores, computed once and cached in the workdir (as the paper did).
+Rerunning the same command in the same workdir resumes from the last checkpoint, data order included. The context
+stage trains on the front end's scores, computed once and cached beside the front end (as the paper did). What
+differs between the stages is `stages.STAGES`; `train` is the loop, and each part it calls has a name here.
 """
 
+import contextlib
 import json
 import os
 import signal
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,15 +22,16 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from dilated_jax import InputError, checkpoint, cli, metrics, progress, score_cache, sharding, weights
+from dilated_jax import InputError, checkpoint, cli, files, images, metrics, progress, score_cache, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax import receptive_field as rf
 from dilated_jax.data import pipeline
 from dilated_jax.data.info import IGNORE_LABEL
-from dilated_jax.evaluate import Predictor, evaluate, report
+from dilated_jax.inference import Predictor, evaluate, report
 from dilated_jax.models import build_model, label_offset
+from dilated_jax.stages import SCORES, STAGES, Stage
 
-# ------------------------------------------------------------------ loss and optimizer
+# ------------------------------------------------------------------ loss, optimizer, the step
 
 
 def loss_and_metrics(logits, labels, num_classes: int):
@@ -57,23 +61,16 @@ def optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
 def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mesh, mean_bgr):
   """The jitted step (state, batch) -> (state, metrics): data-parallel over `mesh`, the state donated.
 
-  The context stage feeds cached front-end scores to the context module alone; the other stages feed images to the
-  whole model (with dropout): RGB uint8 crops as the pipeline sends them, made BGR minus `mean_bgr` here, on the
-  device. Only the subtrees named in `trainable` get gradients and updates.
+  The batch goes through `stage`'s forward pass (`stages.Stage.forward`); only the subtrees named in `trainable`
+  get gradients and updates.
   """
-
-  def forward(p, x, dropout_rng):
-    if stage == 'context':
-      return model.context_module.apply({'params': p['context_module']}, x)
-    if x.dtype == jnp.uint8:
-      x = pipeline.to_network_input(x, mean_bgr)
-    return model.apply({'params': p}, x, train=True, rngs={'dropout': dropout_rng})
+  forward = STAGES[stage].forward
 
   def train_step(state, batch):
     dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, 1), state['step'])
 
     def loss_fn(t):
-      logits = forward({**state['params'], **t}, batch['image'], dropout_rng)
+      logits = forward(model, {**state['params'], **t}, batch['image'], dropout_rng, mean_bgr)
       return loss_and_metrics(logits, batch['label'], num_classes)
 
     t = {k: state['params'][k] for k in trainable}
@@ -96,7 +93,62 @@ def _all_finite(tree):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-# ------------------------------------------------------------------ the stages' inputs
+class FiniteFlags:
+  """The steps' non-finite flags, kept on device until the host reads the device anyway (docs/decisions.md)."""
+
+  def __init__(self, workdir, batch_size: int, num_examples: int, seed: int):
+    self.workdir, self.batch_size, self.num_examples, self.seed = workdir, batch_size, num_examples, seed
+    self.pending = []
+
+  def add(self, step, finite, loss):
+    self.pending.append((step, finite, loss))
+
+  def check(self):
+    """Raises at the first step since the last check whose loss, gradient or update was not finite."""
+    pending, self.pending = jax.device_get(self.pending), []
+    for s, ok, loss in pending:
+      if not ok:
+        records = pipeline.example_indices(s - 1, self.batch_size, self.num_examples, self.seed)
+        last = checkpoint.steps(self.workdir)
+        raise InputError(
+            f'step {s}: non-finite loss ({float(loss)}), gradient or update, not applied; its batch holds the '
+            f'training records {records.tolist()}; training stopped there, '
+            + (f'the last checkpoint, {checkpoint.step_dir(self.workdir, last[-1])}, is intact' if last
+               else 'no checkpoint written'))
+
+
+# ------------------------------------------------------------------ what a run is, checked before anything is written
+
+
+class Run:
+  """The model, data and evaluation of a config's stage, each checked: one line naming a field otherwise."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, devices=None):
+    check_settings(cfg)
+    self.stage: Stage = STAGES[cfg.stage]
+    self.mesh = sharding.make_mesh(devices)
+    if cfg.batch_size % self.mesh.size:
+      raise InputError(f'batch_size: {cfg.batch_size} does not split over {self.mesh.size} devices')
+    self.info = datasets.dataset_info(cfg.data)
+    if cfg.model.num_classes != self.info.num_classes:
+      raise InputError(f'model.num_classes: {cfg.model.num_classes}, but {self.info.name} has '
+                       f'{self.info.num_classes} classes')
+    self.model = build_model(cfg.model, with_context=self.stage.with_context)
+    if self.stage.with_context and self.model.context_module is None:
+      raise InputError(f'model.context.dilations: stage {cfg.stage} needs a context module, got none')
+    self.train_source = datasets.get_source(cfg.data, 'train')
+    self.val_source = datasets.get_source(cfg.data, cfg.eval.split)
+    for split, source in (('train', self.train_source), (cfg.eval.split, self.val_source)):
+      if not len(source):
+        raise InputError(f'data: the {split} split of {self.info.name} holds no images')
+    self.predictor = Predictor(cfg.model, self.info, cfg.eval.tile, self.mesh, with_context=self.stage.with_context,
+                               tiles_per_device=cfg.eval.tiles_per_device)
+    self.image_examples, self.crop = image_examples(cfg, self.train_source, self.model, self.info)
+    if self.stage.needs_trained_front_end and not cfg.init_from and not cfg.weights:
+      raise InputError(f'init_from: stage {cfg.stage} starts from the workdir of the previous stage; none given')
+    if cfg.init_from and cfg.weights:
+      raise InputError('weights: give init_from (a workdir) or weights (a weights file), not both')
+    self.workers = pipeline.resolve_workers(cfg.data.workers)
 
 
 def image_examples(cfg, source, model, info):
@@ -124,7 +176,120 @@ def image_examples(cfg, source, model, info):
   return make_example, crop
 
 
-# ------------------------------------------------------------------ logging
+def score_examples(cfg, run: Run, front_end_params, workdir):
+  """make_example(i, rng) of the context stage, and its example count: the front end's score maps of every training
+  image, computed once (fyu/dilation test.py --bin) and cached beside that front end, where the other context runs
+  from it find them (or in this workdir, when that folder cannot be written)."""
+  front_end = Predictor(cfg.model, run.info, cfg.eval.tile, run.mesh, with_context=False,
+                        tiles_per_device=cfg.eval.tiles_per_device)
+  folder = cfg.init_from if os.access(cfg.init_from, os.W_OK) else workdir
+  cache = score_cache.cached_scores(folder, run.train_source, front_end, {'front_end': front_end_params}, cfg.data,
+                                    run.workers, batch_size=cfg.eval.batch_size)
+  return pipeline.ScoreExamples(cache, cfg.data.flip), len(cache)
+
+
+# ------------------------------------------------------------------ resume or initialise
+
+
+def resume_or_initialise(cfg, run: Run, tx, workdir) -> tuple[dict, int]:
+  """(state, step): this workdir's newest readable checkpoint, or, in a new workdir, the network's initialisation
+  with what the stage loads from init_from or the weights file put in place."""
+  stage, repl = run.stage, sharding.replicated(run.mesh)
+  rng = jax.random.key(cfg.seed)
+  sample = jnp.zeros((1,) + run.crop + (3,))
+  shapes = jax.eval_shape(run.model.init, rng, sample)['params']  # no compilation, no initialisation: may resume
+  abstract = jax.eval_shape(lambda p: checkpoint.initial_state(p, tx, stage.trains), shapes)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
+  state, step = checkpoint.restore_latest(workdir, abstract)
+  if state is not None:
+    if step > cfg.total_steps:  # its evaluation would be labelled with a step its parameters are not from
+      raise InputError(f'total_steps: {cfg.total_steps}, but {checkpoint.step_dir(workdir, step)} is already '
+                       f'past it (run to at least {step} steps, or give another --workdir)')
+    logging.info('resumed from %s', checkpoint.step_dir(workdir, step))
+    return state, step
+  params = jax.device_get(jax.jit(run.model.init)(rng, sample)['params'])
+  if cfg.init_from:  # the subtrees the stage loads (context: the front end), or everything the workdir has
+    loaded = checkpoint.load_params(cfg.init_from, 'latest')
+    params = _merge(params, loaded, keys=stage.loads or tuple(loaded), source=cfg.init_from)
+  if cfg.weights:  # ImageNet VGG-16 (front end) or a released model (all it holds)
+    params, imported = weights.initialise(params, cfg.weights, cfg.model, run.info.mean_bgr,
+                                          need_final=stage.needs_trained_front_end)
+    logging.info('from %s: %s; %s', cfg.weights, ', '.join(imported.layers), '; '.join(imported.notes))
+  return jax.device_put(checkpoint.initial_state(params, tx, stage.trains), repl), 0
+
+
+def _merge(params, loaded, keys, source):
+  """params with the subtrees `keys` replaced by those of `loaded`, after checking every shape."""
+  out = dict(params)
+  for key in keys:
+    if key not in loaded:
+      raise InputError(f'init_from: {source} has no {key} parameters (found {sorted(loaded)})')
+    if key not in params:
+      continue
+    want = jax.tree_util.tree_flatten_with_path(params[key])[0]
+    got = dict(jax.tree_util.tree_flatten_with_path(loaded[key])[0])
+    for path, leaf in want:
+      name = key + jax.tree_util.keystr(path)
+      if path not in got:
+        raise InputError(f'init_from: {source} lacks {name}')
+      if got[path].shape != leaf.shape:
+        raise InputError(f'init_from: {name} in {source} has shape {got[path].shape}, the model wants {leaf.shape}')
+    out[key] = loaded[key]
+  return out
+
+
+
+# ------------------------------------------------------------------ preemption, profiling, logging
+
+
+class Preemption:
+  """Whether to stop, asked after each step: SIGTERM sets a flag. Several processes must agree on the step to stop
+  at: JAX's preemption service (which watches SIGTERM itself) gives it to all of them."""
+
+  def __init__(self):
+    self.several = jax.process_count() > 1
+    self.signal = None
+    if self.several:
+      from jax.experimental import multihost_utils
+      self._reached = multihost_utils.reached_preemption_sync_point
+    else:
+      self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, 'signal', signum))
+
+  def at(self, step: int) -> bool:
+    return self._reached(step) if self.several else self.signal is not None
+
+  def during_evaluation(self):
+    """What evaluate asks between batches (None with several processes: they agree on steps only)."""
+    return None if self.several else lambda: self.signal is not None
+
+  def close(self):
+    if not self.several:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Profile:
+  """A jax.profiler trace of the steps profile_steps = (first, last) into WORKDIR/tb, where TensorBoard's profile
+  plugin (xprof) shows it beside the scalars; () profiles nothing."""
+
+  def __init__(self, steps, workdir):
+    self.first, self.last = tuple(steps) or (0, -1)
+    self.folder, self.on = os.path.join(workdir, 'tb'), False
+
+  def before(self, step: int):
+    if not self.on and self.first <= step <= self.last:  # a resumed run may start inside the range
+      jax.profiler.start_trace(self.folder)
+      self.on = True
+
+  def after(self, step: int, state):
+    if self.on and step == self.last:
+      self.close(state)
+
+  def close(self, state=None):
+    if self.on:
+      jax.block_until_ready(state)  # the profiled steps' device work, not only their dispatch
+      jax.profiler.stop_trace()
+      self.on = False
+      logging.info('profile of steps %d..%d written to %s/plugins/profile', self.first, self.last, self.folder)
 
 
 class Log:
@@ -136,7 +301,9 @@ class Log:
     self.tb = None
     if self.main:
       from tensorboardX import SummaryWriter  # no TensorFlow needed
-      self.tb = SummaryWriter(os.path.join(workdir, 'tb'))
+      # purge_step: TensorBoard hides the events of the steps past the resumed checkpoint that a killed run wrote,
+      # as metrics.jsonl drops its lines (the resumed run logs those steps again).
+      self.tb = SummaryWriter(os.path.join(workdir, 'tb'), purge_step=start_step + 1)
       path = os.path.join(workdir, 'metrics.jsonl')
       _keep_lines_up_to(path, start_step)
       self.jsonl = open(path, 'a')
@@ -151,6 +318,18 @@ class Log:
         self.tb.add_scalar(f'{kind}/{k}', v, step)
     self.jsonl.write(json.dumps({'step': step, 'kind': kind, **scalars}) + '\n')
     self.jsonl.flush()
+
+  def images(self, step, pictures: dict):
+    """Pictures (name -> (H, W, 3) uint8) in TensorBoard's images tab."""
+    if self.main:
+      for name, picture in pictures.items():
+        self.tb.add_image(name, picture, step, dataformats='HWC')
+
+  @contextlib.contextmanager
+  def waiting_for_input(self):
+    t = time.perf_counter()
+    yield
+    self.input_wait += time.perf_counter() - t
 
   def progress(self, step, scalars: dict):
     if not self.main:
@@ -197,9 +376,7 @@ def _keep_lines_up_to(path, step):
           kept.append(line if line.endswith('\n') else line + '\n')
       except (ValueError, KeyError, TypeError):
         pass
-  with open(path + '.tmp', 'w') as f:
-    f.writelines(kept)
-  os.replace(path + '.tmp', path)
+  files.write_text(path, ''.join(kept))
 
 
 def _close_all(closers, quiet: bool = False):
@@ -217,226 +394,153 @@ def _close_all(closers, quiet: bool = False):
     logging.warning('while stopping: %s', ' '.join(str(e).split()))
 
 
+def prediction_pictures(run: Run, params, count: int, split: str) -> dict:
+  """The first `count` images of the evaluation split: image | ground truth | prediction, in the dataset's palette
+  (every process computes; process 0 writes them)."""
+  pairs = [run.val_source[i] for i in range(min(count, len(run.val_source)))]
+  pictures = {}
+  for i, (image, label) in enumerate(pairs):
+    fill = [np.zeros_like(image)] * (run.mesh.size - 1)  # one image per call, the batch filled up per device
+    prediction = np.argmax(run.predictor.probabilities(params, [image] + fill)[0], -1).astype(np.uint8)
+    colours = [images.colourise(x, run.info.palette) for x in (label, prediction)]
+    pictures[f'{split}/prediction_{i}'] = images.side_by_side([[image, *colours]])
+  return pictures
+
+
 # ------------------------------------------------------------------ training
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   """Trains cfg.stage in `workdir` (resuming if it holds a checkpoint) on `devices` (default all); returns the final
   evaluation."""
-  stage = cfg.stage
-  check_settings(cfg)
-  mesh = sharding.make_mesh(devices)
-  if cfg.batch_size % mesh.size:
-    raise InputError(f'batch_size: {cfg.batch_size} does not split over {mesh.size} devices')
-
-  # --- data and model (checked before anything is written)
-  info = datasets.dataset_info(cfg.data)
-  if cfg.model.num_classes != info.num_classes:
-    raise InputError(f'model.num_classes: {cfg.model.num_classes}, but {info.name} has {info.num_classes} classes')
-  model = build_model(cfg.model, with_context=stage != 'frontend')
-  if stage != 'frontend' and model.context_module is None:
-    raise InputError(f'model.context.dilations: stage {stage} needs a context module, got none')
-  train_source = datasets.get_source(cfg.data, 'train')
-  val_source = datasets.get_source(cfg.data, cfg.eval.split)
-  for split, source in (('train', train_source), (cfg.eval.split, val_source)):
-    if not len(source):
-      raise InputError(f'data: the {split} split of {info.name} holds no images')
-  predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=stage != 'frontend',
-                        tiles_per_device=cfg.eval.tiles_per_device)
-  make_example, crop = image_examples(cfg, train_source, model, info)
-  if stage != 'frontend' and not cfg.init_from and not cfg.init_weights:
-    raise InputError(f'init_from: stage {stage} starts from the workdir of the previous stage; none given')
-  if cfg.init_from and cfg.init_weights:
-    raise InputError('init_weights: give init_from (a workdir) or init_weights (a weights file), not both')
-
+  run = Run(cfg, devices)
   workdir = os.path.abspath(workdir)
   cli.check_writable(workdir, 'workdir')
   _write_config(cfg, workdir)
 
-  # --- parameters: (resuming) this workdir's newest readable checkpoint, or fresh, or from the previous stage
-  rng = jax.random.key(cfg.seed)
-  sample = jnp.zeros((1,) + crop + (3,))
-  shapes = jax.eval_shape(model.init, rng, sample)['params']  # no compilation, no initialisation: may resume
-  trainable = ('context_module',) if stage == 'context' else tuple(shapes)
   tx = optimizer(cfg)
-  repl = sharding.replicated(mesh)
-  abstract = jax.eval_shape(lambda p: _initial_state(p, tx, trainable), shapes)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
-  state, resume_step = checkpoint.restore_latest(workdir, abstract)
-  if state is None:
-    params = jax.device_get(jax.jit(model.init)(rng, sample)['params'])
-    if cfg.init_from:  # the front end (context stage) or everything the workdir has
-      loaded = checkpoint.load_params(cfg.init_from, 'latest')
-      params = _merge(params, loaded, keys=('front_end',) if stage == 'context' else tuple(loaded),
-                      source=cfg.init_from)
-    if cfg.init_weights:  # ImageNet VGG-16 (front end) or a released model (all it holds)
-      params, imported = weights.initialise(params, cfg.init_weights, cfg.model, info.mean_bgr,
-                                            need_final=stage != 'frontend')
-      logging.info('from %s: %s; %s', cfg.init_weights, ', '.join(imported.layers), '; '.join(imported.notes))
-    state = jax.device_put(_initial_state(params, tx, trainable), repl)
-  elif resume_step > cfg.total_steps:  # its evaluation would be labelled with a step its parameters are not from
-    raise InputError(f'total_steps: {cfg.total_steps}, but {checkpoint.step_dir(workdir, resume_step)} is already '
-                     f'past it (run to at least {resume_step} steps, or give another --workdir)')
-  else:
-    logging.info('resumed from %s', checkpoint.step_dir(workdir, resume_step))
-  start = resume_step or 0
+  state, start = resume_or_initialise(cfg, run, tx, workdir)
   mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
-
-  # --- the stage's inputs and forward pass
-  workers = pipeline.resolve_workers(cfg.data.workers)
-  if stage == 'context':
-    front_end = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context=False,
-                        tiles_per_device=cfg.eval.tiles_per_device)
-    # Beside the front end that computed them, where the other context runs from it find them.
-    folder = cfg.init_from if os.access(cfg.init_from, os.W_OK) else workdir
-    cache = score_cache.cached_scores(folder, train_source, front_end, {'front_end': state['params']['front_end']},
-                                      cfg.data, workers, batch_size=cfg.eval.batch_size)
-    make_example = pipeline.ScoreExamples(cache, cfg.data.flip)
-  num_examples = len(cache) if stage == 'context' else len(train_source)
-
-  step_fn = make_train_step(model, stage, trainable, tx, cfg.model.num_classes, rng, mesh, info.mean_bgr)
-
-  # --- preemption: SIGTERM sets a flag that the loop reads after each step. Several processes must agree on the
-  # step to stop at: JAX's preemption service (which watches SIGTERM itself) gives it to all of them.
-  stop = {'signal': None}
-  several = jax.process_count() > 1
-  if several:
-    from jax.experimental import multihost_utils
-    preempted = multihost_utils.reached_preemption_sync_point
+  if run.stage.feeds == SCORES:
+    make_example, num_examples = score_examples(cfg, run, state['params']['front_end'], workdir)
   else:
-    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
-    preempted = lambda step: stop['signal'] is not None  # noqa: E731
+    make_example, num_examples = run.image_examples, len(run.train_source)
+  step_fn = make_train_step(run.model, run.stage.name, run.stage.trains, tx, cfg.model.num_classes,
+                            jax.random.key(cfg.seed), run.mesh, run.info.mean_bgr)
 
-  # --- loop
+  # --- the loop's companions. Closed at the end, in this order, whatever happened: the input workers stop, the last
+  # save is waited for, the logs and the profile are written, the SIGTERM handler is restored.
+  preemption, profile = Preemption(), Profile(cfg.profile_steps, workdir)
   log = Log(workdir, cfg.total_steps, cfg.batch_size, start)
-  per_process = cfg.batch_size // jax.process_count()
-  rows = pipeline.example_indices(start, cfg.batch_size, num_examples, cfg.seed)[
-      jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
-  logging.info('process %d/%d: its rows of the first batch are the training records %s (%d input workers)',
-               jax.process_index(), jax.process_count(), rows.tolist(), workers)
-  local = pipeline.batches(make_example, num_examples, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
-                           stop_step=cfg.total_steps, process_index=jax.process_index(),
-                           process_count=jax.process_count(), workers=workers)
-  inputs = sharding.prefetch_to_mesh(local, mesh)
-  acc, finite, result, stop_now = None, [], None, False
-  logging.info('stage %s: steps %d..%d, global batch %d on %d devices (%d processes)', stage, start,
-               cfg.total_steps, cfg.batch_size, mesh.size, jax.process_count())
+  finite = FiniteFlags(workdir, cfg.batch_size, num_examples, cfg.seed)
+  inputs = sharding.prefetch_to_mesh(_local_batches(cfg, make_example, num_examples, start, run.workers), run.mesh)
+  closers = [inputs.close, lambda: checkpoint.wait(mngr, close=True), log.close, profile.close, preemption.close]
+  logging.info('stage %s: steps %d..%d, global batch %d on %d devices (%d processes)', cfg.stage, start,
+               cfg.total_steps, cfg.batch_size, run.mesh.size, jax.process_count())
 
-  def check_finite():
-    """Raises at the first step since the last check whose loss, gradient or update was not finite."""
-    flags = jax.device_get(finite)
-    finite.clear()
-    for s, ok, loss in flags:
-      if not ok:
-        records = pipeline.example_indices(s - 1, cfg.batch_size, num_examples, cfg.seed)
-        last = checkpoint.steps(workdir)
-        raise InputError(
-            f'step {s}: non-finite loss ({float(loss)}), gradient or update, not applied; its batch holds the '
-            f'training records {records.tolist()}; training stopped there, '
-            + (f'the last checkpoint, {checkpoint.step_dir(workdir, last[-1])}, is intact' if last
-               else 'no checkpoint written'))
-
-  # Run at the end, in this order, whatever happened: the input workers stop, the last save is waited for.
-  closers = [inputs.close, lambda: checkpoint.wait(mngr, close=True), log.close]
-  if not several:
-    closers.append(lambda: signal.signal(signal.SIGTERM, previous_handler))
+  # --- the loop
+  acc, result, stop = None, None, False
   try:
     for step in range(start + 1, cfg.total_steps + 1):
-      t = time.perf_counter()
-      batch = next(inputs)
-      log.input_wait += time.perf_counter() - t
+      profile.before(step)
+      with log.waiting_for_input():
+        batch = next(inputs)
       state, m = step_fn(state, batch)
+      profile.after(step, state)
       # Metrics and the finite flags stay on device until a log line, an evaluation or a checkpoint reads the
       # device anyway: no extra host synchronisation.
-      finite.append((step, m.pop('finite'), m['loss']))
+      finite.add(step, m.pop('finite'), m['loss'])
       acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
-      stop_now = preempted(step)
+      stop = preemption.at(step)
       evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.total_steps
-      save_now = evaluate_now or step % cfg.checkpoint_every == 0 or stop_now
+      save_now = evaluate_now or step % cfg.checkpoint_every == 0 or stop
       if step % cfg.log_every == 0 or evaluate_now or save_now:
-        check_finite()
+        finite.check()
       if step % cfg.log_every == 0 or step == cfg.total_steps:
-        acc = jax.device_get(acc)
-        n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-        log.progress(step, {'loss': float(acc['loss']) / n, 'accuracy': float(acc['accuracy']) / n,
-                            'miou': metrics.scores(acc['confusion'])['miou']})
+        log_training(log, step, jax.device_get(acc), cfg.log_every)
         acc = None
       if save_now:  # before the evaluation, which may fail or be preempted: the interval's training is kept
         checkpoint.save(mngr, step, state, force=True)
-      if evaluate_now and not stop_now:
-        result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size, workers,
-                          stop=None if several else lambda: stop['signal'] is not None)
-        if result is None:  # SIGTERM during the evaluation: the step's checkpoint is written, exit now
-          stop_now = True
-        else:
-          log.write(step, {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, cfg.eval.split)
-          if cfg.eval.split != 'test':  # 'best' is chosen on validation data only, never on the test set
-            checkpoint.record_miou(mngr, workdir, step, result['miou'])
-          if jax.process_index() == 0:
-            logging.info('step %d: %s mIoU %.4f', step, cfg.eval.split, result['miou'])
-      if stop_now:
+      if evaluate_now and not stop:
+        result = evaluate_and_record(cfg, run, state['params'], step, log, mngr, workdir, preemption)
+        stop = result is None  # SIGTERM during the evaluation: the step's checkpoint is written, exit now
+      if stop:
         logging.warning('preempted (SIGTERM): checkpoint at step %d written, exiting', step)
         break
   except BaseException:
     _close_all(closers, quiet=True)  # the run's own error is the one to report
     raise
   _close_all(closers)
-  if stop_now:
+
+  # --- the report
+  if stop:
     raise SystemExit(128 + signal.SIGTERM)
   if result is None:  # resumed after the last step: evaluate the final parameters again
-    result = evaluate(predictor, state['params'], val_source, info, cfg.eval.batch_size, workers)
-  result.update(split=cfg.eval.split, step=cfg.total_steps, stage=stage, dataset=cfg.data.name)
+    result = evaluate(run.predictor, state['params'], run.val_source, run.info, cfg.eval.batch_size, run.workers)
+  result.update(split=cfg.eval.split, step=cfg.total_steps, stage=cfg.stage, dataset=cfg.data.name)
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, 'eval', f'{cfg.eval.split}_final.json'), result)
-    print(report(result, info, f'{stage} {cfg.eval.split}'))
+    files.write_json(os.path.join(workdir, 'eval', f'{cfg.eval.split}_final.json'), result)
+    print(report(result, run.info, f'{cfg.stage} {cfg.eval.split}'))
+  return result
+
+
+def _local_batches(cfg, make_example, num_examples: int, start: int, workers: int):
+  """This process's rows of every global batch from step `start` on, built by `workers` processes."""
+  per_process = cfg.batch_size // jax.process_count()
+  rows = pipeline.example_indices(start, cfg.batch_size, num_examples, cfg.seed)[
+      jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+  logging.info('process %d/%d: its rows of the first batch are the training records %s (%d input workers)',
+               jax.process_index(), jax.process_count(), rows.tolist(), workers)
+  return pipeline.batches(make_example, num_examples, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
+                          stop_step=cfg.total_steps, process_index=jax.process_index(),
+                          process_count=jax.process_count(), workers=workers)
+
+
+def log_training(log: Log, step: int, acc: dict, log_every: int):
+  """The progress line of the steps since the last one, from their summed metrics."""
+  n = log_every if step % log_every == 0 else step % log_every
+  log.progress(step, {'loss': float(acc['loss']) / n, 'accuracy': float(acc['accuracy']) / n,
+                      'miou': metrics.scores(acc['confusion'])['miou']})
+
+
+def evaluate_and_record(cfg, run: Run, params, step: int, log: Log, mngr, workdir, preemption) -> dict | None:
+  """The evaluation of `step` (None when a SIGTERM abandoned it): logged, drawn for TensorBoard, and, on validation
+  data only (never on the test set), recorded for the choice of the 'best' checkpoint."""
+  result = evaluate(run.predictor, params, run.val_source, run.info, cfg.eval.batch_size, run.workers,
+                    stop=preemption.during_evaluation())
+  if result is None:
+    return None
+  log.write(step, {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, cfg.eval.split)
+  if cfg.eval.tensorboard_images:
+    log.images(step, prediction_pictures(run, params, cfg.eval.tensorboard_images, cfg.eval.split))
+  if cfg.eval.split != 'test':
+    checkpoint.record_miou(mngr, workdir, step, result['miou'])
+  if jax.process_index() == 0:
+    logging.info('step %d: %s mIoU %.4f', step, cfg.eval.split, result['miou'])
   return result
 
 
 # Counts a run needs at least: field -> minimum (eval_every 0: at the end only; data.workers -1: one per core).
 MINIMUMS = {'batch_size': 1, 'total_steps': 1, 'log_every': 1, 'checkpoint_every': 1, 'keep_checkpoints': 1,
-            'eval_every': 0, 'eval.batch_size': 1, 'eval.tiles_per_device': 1, 'data.workers': -1}
+            'eval_every': 0, 'eval.batch_size': 1, 'eval.tiles_per_device': 1, 'eval.tensorboard_images': 0,
+            'data.workers': -1}
 
 
 def check_settings(cfg):
-  """One line naming the first count of `cfg` below what a run needs (`keep_checkpoints` 0 would let retention
-  delete the checkpoint just written, the preemption one included)."""
+  """One line naming the first field of `cfg` a run cannot use: a stage not in STAGES, a count below what a run
+  needs (`keep_checkpoints` 0 would let retention delete the checkpoint just written, the preemption one included),
+  a profile range that is not two steps."""
+  if cfg.stage not in STAGES:
+    raise InputError(f'stage: expected one of {tuple(STAGES)}, got {cfg.stage!r}')
   for field, least in MINIMUMS.items():
     value = cfg
     for key in field.split('.'):
       value = value[key]
     if not isinstance(value, int) or value < least:
       raise InputError(f'{field}: expected an integer >= {least}, got {value!r}')
-
-
-def _initial_state(params, tx, trainable):
-  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init({k: params[k] for k in trainable})}
-
-
-def _merge(params, loaded, keys, source):
-  """params with the subtrees `keys` replaced by those of `loaded`, after checking every shape."""
-  out = dict(params)
-  for key in keys:
-    if key not in loaded:
-      raise InputError(f'init_from: {source} has no {key} parameters (found {sorted(loaded)})')
-    if key not in params:
-      continue
-    want = jax.tree_util.tree_flatten_with_path(params[key])[0]
-    got = dict(jax.tree_util.tree_flatten_with_path(loaded[key])[0])
-    for path, leaf in want:
-      name = key + jax.tree_util.keystr(path)
-      if path not in got:
-        raise InputError(f'init_from: {source} lacks {name}')
-      if got[path].shape != leaf.shape:
-        raise InputError(f'init_from: {name} in {source} has shape {got[path].shape}, the model wants {leaf.shape}')
-    out[key] = loaded[key]
-  return out
-
-
-def _write_json(path, obj):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(path + '.tmp', path)
+  steps = tuple(cfg.profile_steps)
+  if steps and (len(steps) != 2 or not all(isinstance(s, int) for s in steps) or not 1 <= steps[0] <= steps[1]):
+    raise InputError(f'profile_steps: expected () or (first, last) with 1 <= first <= last, got {steps}')
 
 
 def _write_config(cfg, workdir):
@@ -450,9 +554,7 @@ def _write_config(cfg, workdir):
       if f.read() != text:
         logging.warning('%s differs from this run\'s config; keeping the first, resuming its checkpoints', path)
     return
-  with open(path + '.tmp', 'w') as f:  # a run killed here leaves no half-written config to be "kept"
-    f.write(text)
-  os.replace(path + '.tmp', path)
+  files.write_text(path, text)  # a run killed here leaves no half-written config to be "kept"
 
 
 FLAGS = flags.FLAGS

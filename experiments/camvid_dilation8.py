@@ -1,7 +1,7 @@
-r"""CamVid, Dilation8: front end, then front end + Basic context trained jointly (paper.md 3.4, Table 5).
+r"""CamVid, Dilation8: front end, then front end + Basic context trained jointly (arXiv 1511.07122 appendix A, Table 5).
 
   python -m dilated_jax.train --config=experiments/camvid_dilation8.py:stage=frontend \
-      --config.init_weights=vgg_conv.caffemodel --workdir=runs/camvid/frontend
+      --config.weights=vgg_conv.caffemodel --workdir=runs/camvid/frontend
   python -m dilated_jax.train --config=experiments/camvid_dilation8.py:stage=joint \
       --config.init_from=runs/camvid/frontend --workdir=runs/camvid/joint
 

@@ -1,12 +1,12 @@
 r"""CamVid from scratch on a 2-core CPU: Dilation8's topology at a quarter of the width, SegNet's 480x360 release.
 
-  bash experiments/camvid_scratch.sh runs/camvid_scratch      # all of it: ~1 h here (docs/results/camvid_scratch.md)
+  bash experiments/camvid_scratch.sh runs/camvid_scratch      # all of it: ~1 h here (docs/results/camvid_scratch/)
 
 Arguments: stage=frontend|joint. The network is the camvid preset's (the VALID front end on a reflection-padded input,
 margin 186, then the Basic context module with 'same' padding, x8 zoom), with every layer's channels x0.25
 (front_end.width; fc6/fc7 1024 channels): no ImageNet weights can be had here, and the full width trains at under
 0.2 images/s on this CPU. Training feeds whole 480x360 images (crop (0, 0): the image plus the margin, 852x732),
-which labels 2.6x the pixels of a 628 crop for 1.6x its cost. SGD from a He-normal initialisation at lr 1e-3,
+which labels 2.6x the pixels of a 628 crop for 1.6x its cost. SGD from a He-normal initialisation at lr 1e-2,
 momentum 0.9 (the paper's 1e-4 / 0.99 is the same step size for weights fine-tuned from ImageNet; from scratch the
 shorter momentum horizon reacts faster), no weight-decay change, no class weighting, as the paper.
 The test split (233 images) is evaluated once, at the end, by the paper's protocol (evaluate.py).

@@ -1,7 +1,8 @@
-r"""Cityscapes, Dilation10: front end, context module on cached scores, then both jointly (paper.md 3.4, Table 7).
+r"""Cityscapes, Dilation10: front end, context module on cached scores, then both jointly (arXiv 1511.07122
+appendix A, Table 7).
 
   python -m dilated_jax.train --config=experiments/cityscapes_dilation10.py:stage=frontend \
-      --config.init_weights=vgg_conv.caffemodel --workdir=runs/cityscapes/frontend
+      --config.weights=vgg_conv.caffemodel --workdir=runs/cityscapes/frontend
   python -m dilated_jax.train --config=experiments/cityscapes_dilation10.py:stage=context \
       --config.init_from=runs/cityscapes/frontend --workdir=runs/cityscapes/context
   python -m dilated_jax.train --config=experiments/cityscapes_dilation10.py:stage=joint \

@@ -13,7 +13,7 @@ CAMVID=${CAMVID:-../shared/datasets/camvid}
 DATA=${DATA:-data}
 STEPS=${STEPS:-300}
 WORKERS=${WORKERS:--1}
-if [ -n "${WHEELS:-}" ]; then $PY -m pip install -q --no-index --find-links="$WHEELS" -r requirements.lock || \
+if [ -n "${WHEELS:-}" ]; then $PY -m pip install -q --no-index --find-links="$WHEELS" -r requirements.txt || \
   $PY -m pip install -q --no-index --find-links="$WHEELS" grain cloudpickle portpicker ml-collections tensorboardX \
     tensorflow-datasets array-record importlib-resources; $PY -m pip install -q --no-deps -e .; fi
 if [ ! -d "$CAMVID" ]; then echo "error: CAMVID=$CAMVID is not a folder (SegNet's CamVid release)" >&2; exit 2; fi

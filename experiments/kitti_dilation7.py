@@ -1,7 +1,8 @@
-r"""KITTI (Ros et al. split), Dilation7: front end, then front end + context trained jointly (paper.md 3.4, Table 6).
+r"""KITTI (Ros et al. split), Dilation7: front end, then front end + context trained jointly (arXiv 1511.07122
+appendix A, Table 6).
 
   python -m dilated_jax.train --config=experiments/kitti_dilation7.py:stage=frontend \
-      --config.init_weights=vgg_conv.caffemodel --workdir=runs/kitti/frontend
+      --config.weights=vgg_conv.caffemodel --workdir=runs/kitti/frontend
   python -m dilated_jax.train --config=experiments/kitti_dilation7.py:stage=joint \
       --config.init_from=runs/kitti/frontend --workdir=runs/kitti/joint
 

@@ -3,12 +3,13 @@ r"""The built-in synthetic dataset: front end, then the context module on its ca
   python -m dilated_jax.train --config=experiments/synthetic.py:stage=frontend --workdir=runs/synthetic/frontend
   python -m dilated_jax.train --config=experiments/synthetic.py:stage=context \
       --config.init_from=runs/synthetic/frontend --workdir=runs/synthetic/context
-  python -m dilated_jax.evaluate --config=experiments/synthetic.py:stage=context --workdir=runs/synthetic/context
+  python -m dilated_jax.evaluate --workdir=runs/synthetic/context
 
 Arguments: stage=frontend|context|joint, context=basic|large|flat (flat: the same depth, every dilation 1).
-The front end is shallow (two VGG blocks, one pool: stride 2, receptive field 18 px) so that on 128 px scenes
-the context module's 67 cells (134 px) see the whole scene and the front end alone does not: discs are only told
-apart by the colour of a frame at least 24 px away. Expected on a 2-core CPU (experiments/quickstart.sh): see README.md.
+The front end is shallow (two VGG blocks, one pool: stride 2, receptive field 18 px) so that on 128 px scenes the
+context module's 67 cells (150 px of input, with the front end's 18) see the whole scene and the front end alone
+does not: discs are only told apart by the colour of a frame at least 24 px away. Expected on a 2-core CPU
+(experiments/quickstart.sh): see README.md.
 """
 
 from dilated_jax import config as base_config
@@ -23,11 +24,10 @@ def get_config(arg=None):
   cfg.model.front_end.update(block_convs=(2, 2), block_channels=(16, 32), block_dilations=(1, 1), pools=1,
                              fc6_kernel=3, fc6_dilation=1, fc_channels=64, dropout_rate=0.0,
                              input_scale=0.02)
-  n = len(context.BASIC)
-  cfg.model.context.update({
-      'basic': dict(dilations=context.BASIC, channel_multipliers=(1,) * n),
+  cfg.model.context.update({  # channel_multipliers () is all C (Basic)
+      'basic': dict(dilations=context.BASIC, channel_multipliers=()),
       'large': dict(dilations=context.BASIC, channel_multipliers=context.LARGE_MULTIPLIERS),
-      'flat': dict(dilations=(1,) * n, channel_multipliers=(1,) * n),
+      'flat': dict(dilations=(1,) * len(context.BASIC), channel_multipliers=()),
   }[args['context']])
   cfg.data.crop = (0, 0)  # whole scenes
   cfg.eval.tile = (s.image_size, s.image_size)

@@ -1,6 +1,7 @@
-r"""Pascal VOC 2012 context module on the COCO-trained front end, controlled evaluation (paper.md 3.3, Table 3).
+r"""Pascal VOC 2012 context module on the COCO-trained front end, controlled evaluation (arXiv 1511.07122
+section 5, Table 3).
 
-  python -m dilated_jax.train --config=experiments/voc_context.py:variant=large \
+  python -m dilated_jax.train --config=experiments/voc_context.py:context=large \
       --config.init_from=runs/voc/frontend --workdir=runs/voc/context_large
 
 init_from is the workdir of `experiments/voc_frontend.py:data=voc_finetune` (the COCO-trained front end, 69.8 val).
@@ -15,13 +16,12 @@ from dilated_jax.models import context
 
 
 def get_config(arg=None):
-  args = base_config.parse_arg(arg, variant=('basic', 'large'))
+  args = base_config.parse_arg(arg, context=('basic', 'large'))
   cfg = base_config.base('pascal_voc')  # 8 layers (Table 1), zero pad 33 once then valid convolutions (paper 5)
-  cfg.data.variant = 'sbd'  # dataset variant: VOC 2012 train + SBD (the paper does not say; as the VOC fine-tuning)
+  cfg.data.train_set = 'sbd'  # VOC 2012 train + SBD (the paper does not say; as the VOC fine-tuning)
   cfg.eval.split = 'val'
   cfg.model.context.padding = 'pad_once'
-  cfg.model.context.channel_multipliers = {
-      'basic': (1,) * len(context.BASIC), 'large': context.LARGE_MULTIPLIERS}[args['variant']]
+  cfg.model.context.channel_multipliers = {'basic': (), 'large': context.LARGE_MULTIPLIERS}[args['context']]
   cfg.stage = 'context'
   # Paper: lr 1e-3, identity init. Batch 60 and momentum 0.9: docs/training.md of the released code (the paper is
   # silent). Iterations are stated nowhere: 24K as the Cityscapes context stage, the only count the paper gives,

@@ -1,9 +1,10 @@
-r"""Pascal VOC 2012 front end (paper.md 3.1, 3.2): VOC + SBD alone (Table 2), or VOC + SBD + COCO then VOC fine-tuning.
+r"""Pascal VOC 2012 front end (arXiv 1511.07122 sections 4 and 5): VOC + SBD alone (Table 2), or VOC + SBD + COCO
+then VOC fine-tuning.
 
   python -m dilated_jax.train --config=experiments/voc_frontend.py:data=voc_sbd \
-      --config.init_weights=vgg_conv.caffemodel --workdir=runs/voc/frontend_sbd
+      --config.weights=vgg_conv.caffemodel --workdir=runs/voc/frontend_sbd
   python -m dilated_jax.train --config=experiments/voc_frontend.py:data=coco \
-      --config.init_weights=vgg_conv.caffemodel --workdir=runs/voc/frontend_coco
+      --config.weights=vgg_conv.caffemodel --workdir=runs/voc/frontend_coco
   python -m dilated_jax.train --config=experiments/voc_frontend.py:data=voc_finetune \
       --config.init_from=runs/voc/frontend_coco --workdir=runs/voc/frontend
 
@@ -25,13 +26,14 @@ def get_config(arg=None):
   # defaults: crop 500 (base), weight decay 5e-4 (base), random crop + flip, no lr step within these runs.
   cfg.update(batch_size=14, momentum=0.9, lr=1e-3)
   if args['data'] == 'voc_sbd':  # 3.1: VOC 2012 train + SBD, VOC val images excluded
-    cfg.data.variant = 'sbd'  # dataset variant: VOC 2012 train + SBD (the common train_aug list; count unstated)
+    cfg.data.train_set = 'sbd'  # VOC 2012 train + SBD (the common train_aug list; count unstated)
     cfg.total_steps = 60_000
   elif args['data'] == 'coco':  # 3.2 stage 1: 100K at 1e-3, then 40K at 1e-4
-    cfg.data.variant = 'coco'  # dataset variant: VOC + SBD + every COCO image with a VOC class, others -> background
+    cfg.data.train_set = 'coco'  # VOC + SBD + every COCO image with a VOC class, others -> background
     cfg.update(total_steps=140_000, lr_steps=(100_000,))
   else:  # 3.2 stage 2: VOC only, 50K at 1e-5, from the data=coco run
-    cfg.data.variant = 'sbd'  # dataset variant: VOC 2012 train + SBD, as data=voc_sbd
+    cfg.data.train_set = 'sbd'  # VOC 2012 train + SBD, as data=voc_sbd
     cfg.update(total_steps=50_000, lr=1e-5)
-    # init_from: the data=coco workdir, given on the command line (its parameters; the optimizer starts afresh).
+    # init_from: the data=coco workdir, given on the command line: train starts from all its latest parameters, with
+    # the step and the optimizer afresh.
   return base_config.finalize(cfg)

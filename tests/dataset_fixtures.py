@@ -246,7 +246,8 @@ def write_camvid_original(root, h=36, w=48):
 
 # The 11 CamVid classes' colours as published with the dataset (Brostow et al., label_colors.txt; SegNet's 11-class
 # set), written here independently of the code's palette, so that swapped colours there fail the KITTI tests.
-PUBLISHED_CAMVID_COLOURS = {'Sky': (128, 128, 128), 'Building': (128, 0, 0), 'Pole': (192, 192, 128), 'Road': (128, 64, 128),
+PUBLISHED_CAMVID_COLOURS = {'Sky': (128, 128, 128), 'Building': (128, 0, 0), 'Pole': (192, 192, 128),
+                  'Road': (128, 64, 128),
                   'Sidewalk': (0, 0, 192), 'Tree': (128, 128, 0), 'Sign': (192, 128, 128), 'Fence': (64, 64, 128),
                   'Car': (64, 0, 128), 'Pedestrian': (64, 64, 0), 'Bicyclist': (0, 128, 192)}
 

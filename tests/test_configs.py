@@ -1,6 +1,7 @@
 """Experiment configs: every one loads for each argument, is locked, builds its model, and states the paper's settings.
 
-Also the command line's answer to a config without its dataset, and to a mistyped override (paper.md 3, DESIGN.md 6).
+Also the command line's answer to a config without its dataset, and to a mistyped override (arXiv 1511.07122
+sections 4, 5 and appendix A).
 """
 
 import glob
@@ -26,7 +27,7 @@ ARGS = {
     'synthetic': [None, 'stage=frontend', 'stage=context', 'stage=joint', 'stage=context,context=large',
                   'stage=context,context=flat'],
     'voc_frontend': [None, 'data=voc_sbd', 'data=coco', 'data=voc_finetune'],
-    'voc_context': [None, 'variant=basic', 'variant=large'],
+    'voc_context': [None, 'context=basic', 'context=large'],
     'camvid_dilation8': [None, 'stage=frontend', 'stage=joint'],
     'camvid_scratch': [None, 'stage=frontend', 'stage=joint'],
     'kitti_dilation7': [None, 'stage=frontend', 'stage=joint'],
@@ -93,18 +94,19 @@ def test_config_flags_loads_the_same_config_and_overrides_it(name, arg):
   assert fv.config.to_dict() == want.to_dict()
 
 
-# paper.md 3: (config, arg) -> fields; dotted names reach into data/model.
+# The paper's training settings (arXiv 1511.07122 sections 4, 5, appendix A): (config, arg) -> fields; dotted names
+# reach into data/model.
 PAPER = [
     ('voc_frontend', 'data=voc_sbd', {'stage': 'frontend', 'batch_size': 14, 'lr': 1e-3, 'momentum': 0.9,
                                       'total_steps': 60_000, 'lr_steps': (), 'data.name': 'pascal_voc',
-                                      'data.variant': 'sbd'}),
+                                      'data.train_set': 'sbd'}),
     ('voc_frontend', 'data=coco', {'batch_size': 14, 'lr': 1e-3, 'lr_steps': (100_000,), 'lr_gamma': 0.1,
-                                   'total_steps': 140_000, 'data.variant': 'coco'}),
+                                   'total_steps': 140_000, 'data.train_set': 'coco'}),
     ('voc_frontend', 'data=voc_finetune', {'batch_size': 14, 'lr': 1e-5, 'total_steps': 50_000}),
-    ('voc_context', 'variant=basic', {'stage': 'context', 'lr': 1e-3, 'model.context.padding': 'pad_once',
-                                      'model.context.channel_multipliers': (1,) * 7,
-                                      'model.context.init': 'identity', 'eval.split': 'val'}),
-    ('voc_context', 'variant=large', {'model.context.channel_multipliers': context.LARGE_MULTIPLIERS,
+    ('voc_context', 'context=basic', {'stage': 'context', 'lr': 1e-3, 'model.context.padding': 'pad_once',
+                                      'model.context.channel_multipliers': (),  # all C: Basic
+                                      'model.context.initialisation': 'identity', 'eval.split': 'val'}),
+    ('voc_context', 'context=large', {'model.context.channel_multipliers': context.LARGE_MULTIPLIERS,
                                       'model.context.dilations': context.BASIC, 'model.context.padding': 'pad_once'}),
     ('camvid_dilation8', 'stage=frontend', {'batch_size': 8, 'data.crop': (628, 628), 'lr': 1e-4, 'momentum': 0.99,
                                             'total_steps': 20_000, 'eval.split': 'test'}),
@@ -137,7 +139,7 @@ def test_paper_hyperparameters(name, arg, fields):
 @pytest.mark.parametrize('name,arg,named', [
     ('synthetic', 'foo=1', 'foo'), ('synthetic', 'stage=bogus', 'bogus'),
     ('voc_frontend', 'foo=1', 'foo'), ('voc_frontend', 'data=bogus', 'bogus'),
-    ('voc_context', 'variant=huge', 'huge'), ('voc_context', 'stage=joint', 'stage'),
+    ('voc_context', 'context=huge', 'huge'), ('voc_context', 'stage=joint', 'stage'),
     ('camvid_dilation8', 'stage=context', 'context'), ('camvid_dilation8', 'stage', 'stage'),
     ('kitti_dilation7', 'stage=bogus', 'bogus'), ('cityscapes_dilation10', 'stage=frontend,foo=1', 'foo'),
 ])

@@ -22,9 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_CAMVID = os.path.join(os.path.dirname(ROOT), 'shared', 'datasets', 'camvid')
 
 
-def data_cfg(name, data_dir, variant=''):
+def data_cfg(name, data_dir, train_set=''):
   cfg = config.base(name).data
-  cfg.update(dir=str(data_dir), variant=variant)
+  cfg.update(dir=str(data_dir), train_set=train_set)
   return cfg
 
 
@@ -98,7 +98,7 @@ def test_coco_keeps_images_with_voc_classes_and_rasterises_their_instances(prepa
   assert {person, dog, sofa, IGNORE_LABEL, 0} <= set(np.unique(label))
 
 
-def test_voc_coco_variant_trains_on_voc_sbd_then_coco(prepared):
+def test_voc_coco_train_set_trains_on_voc_sbd_then_coco(prepared):
   data_dir, expected = prepared
   train = datasets.get_source(data_cfg('pascal_voc', data_dir, 'coco'), 'train')
   names = [train.inspect(i)[0] for i in range(len(train))]
@@ -135,7 +135,7 @@ def test_unprepared_dataset_is_one_line_naming_data_dir_and_the_preparation(tmp_
   message = str(e.value)
   assert '\n' not in message and 'data.dir' in message and str(tmp_path / 'nope') in message
   assert 'python -m dilated_jax.data.prepare --dataset=cityscapes' in message
-  with pytest.raises(InputError, match='data.variant'):
+  with pytest.raises(InputError, match='data.train_set'):
     datasets.get_source(data_cfg('pascal_voc', tmp_path, ''), 'train')
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from dilated_jax import sharding
 from dilated_jax.data.info import DATASETS, IGNORE_LABEL
-from dilated_jax.evaluate import Predictor, evaluate
+from dilated_jax.inference import Predictor, evaluate
 from dilated_jax.models import label_offset, model_config
 
 

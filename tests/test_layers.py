@@ -1,4 +1,5 @@
-"""DilatedConv, ceil-mode pooling and both x8 upsamplings against numpy references (paper section 2, paper.md 1.4)."""
+"""DilatedConv, ceil-mode pooling and both x8 upsamplings against numpy references (arXiv 1511.07122 section 2;
+fyu/dilation util.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -189,7 +190,8 @@ def test_bilinear_kernel_1d():
 
 
 def caffe_deconv_ref(x, k2d, stride=8, pad=4):
-  """Caffe Deconvolution, one group per channel, no bias: cell (i, j) adds x * K[ky, kx] at (8i - 4 + ky, 8j - 4 + kx)."""
+  """Caffe Deconvolution, one group per channel, no bias: cell (i, j) adds x * K[ky, kx] at (8i - 4 + ky,
+  8j - 4 + kx)."""
   n, h, w, c = x.shape
   kh, kw = k2d.shape
   out_h, out_w = stride * (h - 1) + kh - 2 * pad, stride * (w - 1) + kw - 2 * pad
@@ -214,7 +216,8 @@ def test_bilinear_deconv_matches_caffe_scatter():
 
 
 def test_bilinear_deconv_is_half_pixel_bilinear_with_zero_border():
-  """paper.md 1.4: the deconvolution equals half-pixel-centre bilinear x8 of the map with zeros outside it."""
+  """The Cityscapes deploy's deconvolution (kernel 16, stride 8, pad 4, bilinear filler) equals half-pixel-centre
+  bilinear x8 of the map with zeros outside it."""
   x = np.random.default_rng(7).normal(size=(1, 4, 6, 2)).astype(np.float32)
   padded = jnp.pad(jnp.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
   resized = jax.image.resize(padded, (1, 8 * 6, 8 * 8, 2), 'bilinear')[:, 8:-8, 8:-8]

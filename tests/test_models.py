@@ -1,4 +1,5 @@
-"""Front end, context module and presets: sizes, parameter counts, identity initialisation, errors (paper.md 1.2-2.3)."""
+"""Front end, context module and presets: sizes, parameter counts, identity initialisation, errors (arXiv 1511.07122
+sections 3, 4, Table 1; fyu/dilation network.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +65,8 @@ def test_margin_and_stride():
 
 
 def test_parameter_counts():
-  """Front end (C=21) 134,346,581; Basic (C=21) 28,392; the VOC preset's Large module 6,803,139 (paper.md 1.2, 2.1)."""
+  """Front end (C=21) 134,346,581; Basic (C=21) 28,392; the VOC preset's Large module 6,803,139
+  (counted from fyu/dilation's deploy prototxts)."""
   fe_params = jax.eval_shape(FrontEnd(num_classes=21).init, jax.random.key(0), image(380, 380))
   assert count(fe_params) == 134_346_581
   basic = jax.eval_shape(ContextModule(num_classes=21).init, jax.random.key(0), image(66, 66, 21))
@@ -82,7 +84,8 @@ def test_parameter_counts():
     ('cityscapes', (1396, 1396), (128, 128), 19),
 ])
 def test_presets_deploy_shapes(preset, hw, out, classes):
-  """Each preset's whole network maps its deploy input to the front-end output size (paper.md 1.5 table)."""
+  """Each preset's whole network maps its deploy input to the front-end output size (fyu/dilation
+  models/*_deploy.prototxt)."""
   model = net.build_model(net.model_config(preset))
   params = jax.eval_shape(model.init, jax.random.key(0), image(*hw))
   assert jax.eval_shape(model.apply, params, image(*hw)).shape == (1, *out, classes)
@@ -93,7 +96,8 @@ SCHEDULES = {'basic': (ctx.BASIC, None), 'large': (ctx.BASIC, ctx.LARGE_MULTIPLI
 
 
 @pytest.mark.parametrize('padding', ['same', 'pad_once'])
-@pytest.mark.parametrize('schedule', sorted(SCHEDULES))
+@pytest.mark.parametrize('schedule', [pytest.param(s, marks=pytest.mark.slow) if s == 'large' else s
+                                      for s in sorted(SCHEDULES)])  # the Large module: 672 channels
 def test_identity_init_gives_relu(schedule, padding):
   """Noise-free identity init computes ReLU(x) per channel (layer 1 truncates) and keeps the map size."""
   dilations, multipliers = SCHEDULES[schedule]
@@ -139,7 +143,7 @@ def test_errors():
   for kwargs, field in [(dict(dilations=(1, -1)), 'context.dilations'),
                         (dict(channel_multipliers=(1, 2)), 'context.channel_multipliers'),
                         (dict(padding='valid'), 'context.padding'),
-                        (dict(init_scheme='zeros'), 'context.init')]:
+                        (dict(initialisation='zeros'), 'context.initialisation')]:
     with pytest.raises(InputError, match=field):
       ContextModule(num_classes=2, **kwargs).init(jax.random.key(0), x)
   with pytest.raises(InputError, match='preset'):
@@ -152,6 +156,21 @@ def test_errors():
     identity_init(21)(jax.random.key(0), (3, 3, 21, 30))
 
 
+def test_the_basic_default_follows_a_schedule_of_any_length():
+  """One override of model.context.dilations gives a Basic module of that many 3x3 layers, each of C channels; a
+  Large module's multipliers must still match the schedule."""
+  for preset, c in ((None, 21), ('camvid', 11), ('cityscapes', 19)):
+    cfg = net.model_config(preset)
+    cfg.context.dilations = (1, 2, 4)
+    module = net.build_model(cfg).context_module
+    params = jax.eval_shape(module.init, jax.random.key(0), image(16, 16, c))['params']
+    assert [params[n]['kernel'].shape for n in ctx.layer_names(3)] == [(3, 3, c, c)] * 3 + [(1, 1, c, c)], preset
+  cfg = net.model_config('pascal_voc')  # Large: 7 multipliers
+  cfg.context.dilations = (1, 2, 4)
+  with pytest.raises(InputError, match='context.channel_multipliers: expected 3 positive integers'):
+    net.build_model(cfg)
+
+
 @pytest.mark.parametrize('mode', ['zoom', 'deconv'])
 def test_upsample_probabilities(mode):
   """Both upsamplings give probabilities (summing to 1) at the requested image size."""
@@ -162,6 +181,7 @@ def test_upsample_probabilities(mode):
   assert probs.min() >= 0
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters_loss_and_gradients():
   """Mixed precision (model.dtype): convolutions in bfloat16, parameters, loss and gradients in float32."""
   from dilated_jax.train import loss_and_metrics
@@ -188,6 +208,7 @@ def test_bfloat16_compute_keeps_float32_parameters_loss_and_gradients():
   assert np.corrcoef(final(g16).ravel(), final(g32).ravel())[0, 1] > 0.95
 
 
+@pytest.mark.slow
 def test_scaled_noise_keeps_the_large_module_near_the_identity_at_initialisation():
   """Eq. 5 needs sigma << C / c_out: with std 0.01 in the 16C and 32C layers the Large module starts far from the
   identity (about 65% of argmaxes kept, C = 21); scaled by C / c_out it keeps about 90%."""

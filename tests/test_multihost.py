@@ -14,9 +14,12 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from dilated_jax import checkpoint
 from dilated_jax.data import pipeline
+
+pytestmark = pytest.mark.slow  # every test here trains or runs entry points (README, "Tests")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ['--config=experiments/synthetic.py:stage=frontend', '--config.data.synthetic.image_size=32',

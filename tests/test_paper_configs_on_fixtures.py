@@ -18,6 +18,8 @@ from dilated_jax import data as datasets
 from dilated_jax.data import builder
 from dilated_jax.train import train
 
+pytestmark = pytest.mark.slow  # every test here trains or runs entry points (README, "Tests")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -45,8 +47,8 @@ def tiny(spec, data_dir, **fields):
 # Each later stage starts from the workdir of the stage before it, as the configs' own commands chain them.
 PREVIOUS = {
     'voc_frontend.py:data=voc_finetune': 'voc_frontend.py:data=coco',
-    'voc_context.py:variant=basic': 'voc_frontend.py:data=voc_sbd',
-    'voc_context.py:variant=large': 'voc_frontend.py:data=voc_finetune',
+    'voc_context.py:context=basic': 'voc_frontend.py:data=voc_sbd',
+    'voc_context.py:context=large': 'voc_frontend.py:data=voc_finetune',
     'camvid_dilation8.py:stage=joint': 'camvid_dilation8.py:stage=frontend',
     'kitti_dilation7.py:stage=joint': 'kitti_dilation7.py:stage=frontend',
     'cityscapes_dilation10.py:stage=context': 'cityscapes_dilation10.py:stage=frontend',

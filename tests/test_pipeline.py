@@ -1,4 +1,5 @@
-"""The training pipeline of paper.md 1.3: padding, crop, flip, label slice alignment, deterministic batches."""
+"""The training pipeline of fyu/caffe-dilation image_label_data_layer.cpp: padding, crop, flip, label slice alignment,
+deterministic batches."""
 
 import numpy as np
 import pytest

@@ -30,6 +30,8 @@ from dilated_jax.data.info import DATASETS
 from dilated_jax.predict import read_image
 from dilated_jax.weights import caffe, torch_pickle
 
+pytestmark = pytest.mark.slow  # every test here trains or runs entry points (README, "Tests")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config=experiments/synthetic.py:stage=frontend', '--config.data.synthetic.image_size=32',
         '--config.data.synthetic.frame_width=2', '--config.data.synthetic.frame_distance=4',
@@ -329,7 +331,8 @@ CASES = [
                       f'--manual_dir={f["base"] / "kitti_label_size"}', f'--data_dir={n}'),
      lambda f: f'{f["kitti_label_size"]}: the label is 20x15 px'),
     ('label values outside the classes',
-     lambda f, w, n: ('dilated_jax.train', *train_args(n, '--config.data.name=pascal_voc', '--config.data.variant=sbd',
+     lambda f, w, n: ('dilated_jax.train', *train_args(n, '--config.data.name=pascal_voc',
+                                                       '--config.data.train_set=sbd',
                                                        f'--config.data.dir={f["voc_data"]}',
                                                        '--config.model.num_classes=21')),
      lambda f: '(2008_000005): label values 21, 40 are outside the 21 classes and not 255'),
@@ -356,7 +359,7 @@ CASES = [
      lambda f, w, n: ('dilated_jax.train', *train_args(w, '--config.model.front_end.fc_channels=16')),
      lambda f: 'checkpoints/16 holds params/front_end/fc6/bias of shape (8,), this config\'s model wants (16,)'),
     ('weights file of another shape',
-     lambda f, w, n: ('dilated_jax.train', *train_args(n, f'--config.init_weights={f["caffemodel"]}')),
+     lambda f, w, n: ('dilated_jax.train', *train_args(n, f'--config.weights={f["caffemodel"]}')),
      lambda f: 'conv1_1: the file has weights of 64x3x3x3, the network wants 4x3x3x3'),
     ('unwritable workdir', lambda f, w, n: ('dilated_jax.train', *train_args(f['a_file'] / 'w')),
      lambda f: f'workdir: {f["a_file"] / "w"} is not a writable folder'),
@@ -490,7 +493,8 @@ def test_a_checkpoint_the_filesystem_refuses_is_one_line_and_the_ones_before_sta
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
 
-  r = subprocess.run(command('dilated_jax.train', *train_args(work, '--config.total_steps=4', '--config.checkpoint_every=2',
+  r = subprocess.run(command('dilated_jax.train', *train_args(work, '--config.total_steps=4',
+                                                               '--config.checkpoint_every=2',
                                                                '--config.data.workers=0')),  # no shared memory
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=small_files)
   assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-3000:]

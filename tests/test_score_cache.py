@@ -18,7 +18,7 @@ from dilated_jax import InputError, config, score_cache, sharding
 from dilated_jax import data as datasets
 from dilated_jax.data import pipeline
 from dilated_jax.data.info import IGNORE_LABEL
-from dilated_jax.evaluate import Predictor
+from dilated_jax.inference import Predictor
 from dilated_jax.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -26,7 +26,7 @@ def write_eval(workdir, dataset, split, iou, stage='joint', multipliers=(1,) * 7
 
 
 def test_paper_tables_are_consistent():
-  """Every row has a value per column, and each urban table's mIoU is the mean of its classes (paper.md §0)."""
+  """Every row has a value per column, and each urban table's mIoU is the mean of its classes (Tables 5-8)."""
   for t in TABLES.values():
     for name, values in t['rows']:
       assert len(values) == len(t['columns']), name
@@ -73,9 +73,9 @@ def test_each_experiment_config_meets_the_paper_row_of_what_it_trains(tmp_path):
       ('voc_frontend.py:data=voc_sbd', None): {'val': {3: None}, 'test': {2: 'Our front end', 4: None}},
       ('voc_frontend.py:data=coco', None): {'val': {3: 'Front end'}, 'test': {2: None, 4: 'Front end'}},
       ('voc_frontend.py:data=voc_finetune', 'coco'): {'val': {3: 'Front end'}, 'test': {2: None, 4: 'Front end'}},
-      ('voc_context.py:variant=basic', 'finetune'): {'val': {3: 'Front + Basic'}, 'test': {2: None, 4: None}},
-      ('voc_context.py:variant=large', 'finetune'): {'val': {3: 'Front + Large'}, 'test': {2: None, 4: 'Context'}},
-      ('voc_context.py:variant=large', 'sbd'): {'val': {3: None}, 'test': {2: None, 4: None}},
+      ('voc_context.py:context=basic', 'finetune'): {'val': {3: 'Front + Basic'}, 'test': {2: None, 4: None}},
+      ('voc_context.py:context=large', 'finetune'): {'val': {3: 'Front + Large'}, 'test': {2: None, 4: 'Context'}},
+      ('voc_context.py:context=large', 'sbd'): {'val': {3: None}, 'test': {2: None, 4: None}},
       ('camvid_dilation8.py:stage=frontend', None): {'test': {5: None}},
       ('camvid_dilation8.py:stage=joint', None): {'test': {5: 'Dilation8'}},
       ('kitti_dilation7.py:stage=frontend', None): {'test': {6: None}},
@@ -98,7 +98,7 @@ def test_each_experiment_config_meets_the_paper_row_of_what_it_trains(tmp_path):
 
 def test_a_run_appears_once_per_split_and_says_when_the_paper_has_no_figure(tmp_path):
   front = experiment_workdir(tmp_path, 'front', 'experiments/voc_frontend.py:data=coco', 'test')
-  basic = experiment_workdir(tmp_path, 'basic', 'experiments/voc_context.py:variant=basic', 'test', front)
+  basic = experiment_workdir(tmp_path, 'basic', 'experiments/voc_context.py:context=basic', 'test', front)
   r = subprocess.run([sys.executable, '-m', 'dilated_jax.tables', front, basic], cwd=ROOT, capture_output=True,
                      text=True)
   assert r.returncode == 0, r.stderr
@@ -141,7 +141,7 @@ def test_claims_sweep_expands_to_every_variant_and_seed():
     cfg = sweep.run_config(r)
     assert f'--config.seed={r["seed"]}' in sweep.commands(r, 'w')[0]  # each run trains with its own seed
     if r['group'].startswith(('flat', 'hybrid', 'reversed', 'Basic')):  # equal parameter counts: 7 layers of C
-      assert len(cfg.model.context.dilations) == 7 and set(cfg.model.context.channel_multipliers) == {1}
+      assert len(cfg.model.context.dilations) == 7 and cfg.model.context.channel_multipliers == ()  # all C
   rf = {r['group']: sweep.receptive_field_px(r) for r in runs}
   assert rf['front end alone'] == 18
   assert rf['Basic (exponential 1,1,2,4,8,16,1)'] == 18 + 66 * 2  # 67 cells at stride 2
@@ -154,6 +154,7 @@ TINY = ("{'data.synthetic.image_size': 32, 'data.synthetic.train_size': 8, 'data
         "'model.front_end.fc_channels': 8, 'eval.tile': (32, 32), 'total_steps': 2, 'eval_every': 0, 'log_every': 1}")
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_runs_resumes_and_gathers(tmp_path):
   path = write_sweep(tmp_path / 'tiny.py', f"""
 T = {TINY}
@@ -173,10 +174,11 @@ def get_sweep():
   assert r.returncode == 0 and r.stderr.count('skipped') == 2
 
 
+@pytest.mark.slow
 def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
   import jax
-  from dilated_jax import checkpoint, data as datasets, figure, predict, sharding
-  from dilated_jax.evaluate import Predictor
+  from dilated_jax import checkpoint, data as datasets, figure, images, sharding
+  from dilated_jax.inference import Predictor
   from dilated_jax.train import train
   from tests.test_train import tiny
 
@@ -196,7 +198,7 @@ def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
   row = picture[size + 4:2 * size + 4]
   np.testing.assert_array_equal(row[:, :size], image)
   info = datasets.dataset_info(cfg.data)
-  np.testing.assert_array_equal(row[:, size + 4:2 * size + 4], predict.colourise(label, info.palette))
+  np.testing.assert_array_equal(row[:, size + 4:2 * size + 4], images.colourise(label, info.palette))
   columns = []
   for k, workdir in enumerate(runs):  # what predict draws for this image with each run's best checkpoint
     params = checkpoint.load_params(workdir, 'best')
@@ -204,7 +206,7 @@ def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
                           with_context='context_module' in params)
     labels = predictor.probabilities(params, [image])[0].argmax(-1).astype(np.uint8)
     columns.append(row[:, (2 + k) * (size + 4):(2 + k) * (size + 4) + size])
-    np.testing.assert_array_equal(columns[-1], predict.colourise(labels, info.palette))
+    np.testing.assert_array_equal(columns[-1], images.colourise(labels, info.palette))
   assert not np.array_equal(columns[0], columns[1])
   with pytest.raises(InputError, match='--indices'):
     figure.draw(cfg, [str(tmp_path / 'run')], 'test', [cfg.data.synthetic.test_size])
@@ -223,3 +225,13 @@ def test_cityscapes_runs_print_table_8_from_their_category_iou(tmp_path):
   assert '| model | ' + ' | '.join(categories) + ' | mIoU |' in table8
   paper = dict(TABLES[8]['rows'])['val']
   assert '| ours - val | ' + ' | '.join(f'{80 - v:+.1f}' for v in paper) + ' |' in table8
+
+
+def test_a_sweep_override_goes_through_the_locked_config_and_a_mistyped_one_is_one_line():
+  run = dict(name='x', config='experiments/synthetic.py:stage=context', group='g', seed=0,
+             overrides={'model.context.dilations': (1, 2, 5), 'total_steps': 5})
+  cfg = sweep.run_config(run)
+  assert cfg.model.context.dilations == (1, 2, 5) and cfg.total_steps == 5
+  run['overrides'] = {'totl_steps': 5}
+  with pytest.raises(InputError, match=r'^sweep: run x: Key "totl_steps" does not exist .* Did you mean "total_steps"'):
+    sweep.run_config(run)

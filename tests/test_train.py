@@ -34,6 +34,7 @@ def assert_trees_equal(a, b, exact=True, **tol):
     (np.testing.assert_array_equal if exact else np.testing.assert_allclose)(x, y, **tol)
 
 
+@pytest.mark.slow
 def test_one_device_and_eight_devices_give_the_same_parameters(tmp_path):
   assert jax.device_count() == 8, 'tests/conftest.py asks for 8 simulated CPU devices'
   cfg = tiny(total_steps=2)
@@ -44,6 +45,7 @@ def test_one_device_and_eight_devices_give_the_same_parameters(tmp_path):
   assert not np.allclose(one['front_end']['final']['bias'], 0)
 
 
+@pytest.mark.slow
 def test_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
   cfg = tiny(total_steps=4)
   train(cfg, str(tmp_path / 'straight'))
@@ -57,6 +59,7 @@ def test_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
   assert steps == [1, 2, 3, 4]  # no step trained twice
 
 
+@pytest.mark.slow
 def test_stages_chain_and_the_context_stage_trains_only_the_context_module(tmp_path):
   train(tiny('frontend'), str(tmp_path / 'frontend'))
   result = train(tiny('context', init_from=str(tmp_path / 'frontend')), str(tmp_path / 'context'))
@@ -99,9 +102,11 @@ runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
 def run_module(*args, cwd=ROOT, code=None):
   """python -m args, or with `code`: python -c code args."""
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='')
-  return subprocess.run([sys.executable, *(('-c', code) if code else ('-m',)), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.run([sys.executable, *(('-c', code) if code else ('-m',)), *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_entry_points(tmp_path):
   cfg_flags = ['--config=experiments/synthetic.py:stage=frontend', '--config.data.synthetic.image_size=32',
                '--config.data.synthetic.frame_width=2', '--config.data.synthetic.frame_distance=4',
@@ -148,7 +153,8 @@ def test_evaluate_and_predict_entry_points(tmp_path):
   # took 3.4 GB for 20000 x 1), and past --max_pixels (counted on the tile grid) refused before decoding.
   thin = tmp_path / 'thin.png'
   Image.fromarray(np.full((1, 20000, 3), 100, np.uint8)).save(thin)
-  r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={out}', str(thin), code=PEAK_RSS)
+  r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={out}', str(thin),
+                 code=PEAK_RSS)
   assert r.returncode == 0, r.stderr[-2000:]
   assert Image.open(out / 'thin.png').size == (20000, 1)
   peak_mb = int(re.search(r'peak_rss_kb (\d+)', r.stderr).group(1)) / 1024
@@ -172,7 +178,7 @@ def test_evaluate_and_predict_entry_points(tmp_path):
 def test_tiles_run_through_the_network_in_bounded_chunks_with_the_same_scores():
   """A device runs eval.tiles_per_device tiles at a time: 8 tiles need about the memory of 2, and score as one batch."""
   from dilated_jax import data as datasets, sharding
-  from dilated_jax.evaluate import Predictor
+  from dilated_jax.inference import Predictor
 
   cfg = config.load(os.path.join(ROOT, 'experiments/synthetic.py:stage=frontend'))  # activations outweigh the tiles
   cfg.eval.tile = (32, 32)
@@ -191,7 +197,8 @@ def test_tiles_run_through_the_network_in_bounded_chunks_with_the_same_scores():
   assert temp[1][8] - temp[1][2] < 0.25 * (temp[8][8] - temp[8][2]), temp
 
 @pytest.mark.parametrize('field,value', [('checkpoint_every', 0), ('log_every', 0), ('batch_size', 0),
-                                         ('keep_checkpoints', 0), ('keep_checkpoints', -1), ('eval.batch_size', 0), ('eval.tiles_per_device', 0),
+                                         ('keep_checkpoints', 0), ('keep_checkpoints', -1), ('eval.batch_size', 0),
+                                         ('eval.tiles_per_device', 0), ('eval.tensorboard_images', -1),
                                          ('data.workers', -2), ('total_steps', 0)])
 def test_counts_a_run_cannot_use_are_one_line_naming_the_field(tmp_path, field, value):
   cfg = tiny()
@@ -210,6 +217,7 @@ def test_an_empty_split_is_one_line_naming_it(tmp_path):
     train(cfg, str(tmp_path / 'w'))
 
 
+@pytest.mark.slow
 def test_a_workdir_already_past_total_steps_is_refused_not_relabelled(tmp_path):
   train(tiny(total_steps=4), str(tmp_path / 'w'))
   with pytest.raises(InputError, match=r'total_steps: 2, but .*checkpoints/4 is already past it'):
@@ -250,6 +258,7 @@ def test_predict_refuses_outputs_that_would_overwrite_an_input_or_each_other(tmp
     output_stems([str(a), str(b)], str(tmp_path / 'out'))
 
 
+@pytest.mark.slow
 def test_a_failing_evaluation_keeps_the_checkpoint_of_its_step(tmp_path, monkeypatch):
   """The save comes first: an evaluation that fails (a bug, an OOM) costs no training."""
   import dilated_jax.train as train_module
@@ -263,10 +272,11 @@ def test_a_failing_evaluation_keeps_the_checkpoint_of_its_step(tmp_path, monkeyp
   assert checkpoint.steps(str(tmp_path / 'w')) == [2]
 
 
+@pytest.mark.slow
 def test_sigterm_during_an_evaluation_exits_within_a_batch_with_the_checkpoint(tmp_path, monkeypatch):
   """A scheduler's grace period is shorter than a validation set: the flag is read between evaluation batches."""
   import signal
-  from dilated_jax.evaluate import Predictor
+  from dilated_jax.inference import Predictor
 
   calls = []
   confusion = Predictor.confusion
@@ -289,6 +299,7 @@ def test_sigterm_during_an_evaluation_exits_within_a_batch_with_the_checkpoint(t
   assert not [r for r in records if r['kind'] == 'val']  # the abandoned evaluation is not recorded
 
 
+@pytest.mark.slow
 def test_retention_keeps_the_newest_and_the_best_recorded_step_and_best_reads_it(tmp_path, monkeypatch):
   """mIoU recorded after each save: keep_checkpoints=1 leaves the newest step and the best one, which 'best' loads."""
   import dilated_jax.train as train_module
@@ -309,6 +320,7 @@ def test_retention_keeps_the_newest_and_the_best_recorded_step_and_best_reads_it
   assert_trees_equal(checkpoint.load_params(workdir, 'latest'), params_at[8])
 
 
+@pytest.mark.slow
 def test_evaluations_on_the_test_split_never_choose_the_best_checkpoint(tmp_path, monkeypatch):
   """CamVid and KITTI evaluate on test: 'best' must not be picked on it (it stays the latest checkpoint)."""
   import dilated_jax.train as train_module

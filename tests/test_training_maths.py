@@ -181,7 +181,7 @@ def test_train_step_reports_the_loss_and_accuracy_of_the_global_batch():
   c = 5
   cfg = config.base()
   cfg.model.num_classes = c
-  cfg.model.context.update(dilations=(1, 2), channel_multipliers=(1, 1), init='random')
+  cfg.model.context.update(dilations=(1, 2), initialisation='random')
   model = build_model(cfg.model)
   rng = np.random.default_rng(2)
   x = rng.normal(size=(8, 6, 6, c)).astype(np.float32)

@@ -1,6 +1,7 @@
 """Released weights: the Caffe and torch readers, the import onto every preset, prediction and conversion from files.
 
-The files are written here, with known weights, as the authors' deploy networks lay them out (paper.md 1.2, 1.5);
+The files are written here, with known weights, as the authors' deploy networks lay them out (fyu/dilation
+models/*_deploy.prototxt);
 a numpy transcription of the deploy prototxts is the reference the imported network must match.
 """
 
@@ -272,6 +273,7 @@ def vgg16_blobs(seed=3):
   return net, dict(blobs, fc8=(fc8, np.zeros(10, np.float32)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('inner_product', [False, True], ids=['vgg_conv', 'VGG_ILSVRC_16_layers'])
 def test_vgg16_caffemodel_initialises_the_front_end(inner_product, tmp_path):
   """fc6 / fc7 stored as convolutions or as InnerProduct (V1 format, 4096 x 25088 at full width) land alike."""
@@ -401,6 +403,7 @@ def torchvision_state(blobs):
   return state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['zip', 'legacy', 'npz'])
 def test_torchvision_vgg16_gives_the_caffe_import_features(kind, tmp_path):
   """Weights W in torchvision's convention: the torchvision import fed BGR minus the mean (0-255) computes at fc7
@@ -541,6 +544,7 @@ def authors_probabilities(net, blobs, image_rgb, preset, tile=None):
   return (1 - ct) * v0 + ct * v1
 
 
+@pytest.mark.slow
 def test_predict_and_convert_from_a_caffemodel(released, tmp_path):
   """predict --preset --weights = the authors' predict.py; convert's workdir predicts the same, and train and
   evaluate read it."""
@@ -577,12 +581,13 @@ def test_predict_and_convert_from_a_caffemodel(released, tmp_path):
   assert r.returncode == 2 and 'already holds checkpoints' in r.stderr  # never written over
 
 
+@pytest.mark.slow
 def test_cityscapes_predict_and_evaluate_stitch_tiles_and_deconvolve_as_the_authors(released, tmp_path):
   """The only preset with the in-network deconvolution, and the only one whose images need several tiles (2048x1024
   in 1024 px tiles): predict on one tile, and evaluate on a 3 x 3 grid of 64 px tiles with short last ones, against
   the numpy test.py above."""
   from dilated_jax import metrics, sharding
-  from dilated_jax.evaluate import Predictor, evaluate
+  from dilated_jax.inference import Predictor, evaluate
 
   net, blobs, path = released['cityscapes']
   rng = np.random.default_rng(8)
@@ -615,6 +620,7 @@ def test_cityscapes_predict_and_evaluate_stitch_tiles_and_deconvolve_as_the_auth
   assert np.sum(result['confusion']) == int((label != 255).sum())
 
 
+@pytest.mark.slow
 def test_entry_points_give_one_line_for_wrong_files(released, tmp_path):
   _, _, camvid = released['camvid']
   image = tmp_path / 'a.png'
@@ -635,8 +641,9 @@ def test_entry_points_give_one_line_for_wrong_files(released, tmp_path):
   assert not (tmp_path / 'out').exists() and not (tmp_path / 'w' / 'checkpoints').exists()
 
 
+@pytest.mark.slow
 def test_train_starts_from_a_weights_file(tmp_path):
-  """--config.init_weights: a file for the experiment's own (narrow) front end puts every layer in place."""
+  """--config.weights: a file for the experiment's own (narrow) front end puts every layer in place."""
   from dilated_jax import config
   from dilated_jax.train import train
 
@@ -652,7 +659,7 @@ def test_train_starts_from_a_weights_file(tmp_path):
                rng.normal(size=s['bias']).astype(np.float32)) for n, s in shapes.items()}
   path = str(tmp_path / 'front.caffemodel')
   caffe.write_caffemodel(path, [caffe.Layer(n, 'Convolution', list(b)) for n, b in blobs.items()])
-  cfg.init_weights = path
+  cfg.weights = path
   train(cfg, str(tmp_path / 'run'))
   params = checkpoint.load_params(str(tmp_path / 'run'))
   for name, (w, b) in blobs.items():

@@ -34,10 +34,10 @@ def run(path, xla_flags):
   return np.load(path)
 
 
+@pytest.mark.slow
 def test_fast_cpu_path_gives_the_same_outputs(tmp_path):
-  import jaxlib
-  if not jaxlib.__version__.startswith(cli._CHECKED_JAXLIB):
-    pytest.skip(f'the YNNPACK flag is set only on jaxlib {cli._CHECKED_JAXLIB}, this is {jaxlib.__version__}')
+  """On every jaxlib of the pinned sets: where configure_xla sets the flag (0.10), it must not change a result; where
+  it does not (0.11, XLA's default kept), a user who sets it by hand gets the same results too."""
   plain = run(tmp_path / 'plain.npz', '')
   fast = run(tmp_path / 'fast.npz', cli._NO_YNN_CONV)
   assert plain['out'].shape == (1, 2, 3, 11)

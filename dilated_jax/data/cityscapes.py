@@ -1,11 +1,11 @@
-"""Cityscapes, fine annotations: 2975 train / 500 val / 1525 test, 2048x1024, 19 classes (paper.md 3.4, Table 7).
+"""Cityscapes, fine annotations: 2975 train / 500 val / 1525 test, 2048x1024, 19 classes (arXiv 1511.07122
+appendix A, Table 7).
 
 Labels are read from `*_gtFine_labelIds.png` and mapped to the 19 train ids (the table of cityscapesScripts'
 labels.py), every other id void; where only `*_gtFine_labelTrainIds.png` exists (cityscapesScripts'
 createTrainIdLabelImgs), it is read as it is. The test labels are not public: gtFine's test files are all void.
 """
 
-import functools
 import glob
 import os
 

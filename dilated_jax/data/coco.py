@@ -1,4 +1,5 @@
-"""MS-COCO for the 21 VOC classes (paper.md 3.2): every COCO image with at least one VOC category, for training.
+"""MS-COCO for the 21 VOC classes (arXiv 1511.07122 section 5): every COCO image with at least one VOC category,
+for training.
 
 Labels are rasterised from the instance annotations with pycocotools (COCO's own polygon and RLE decoding):
 background 0, the 20 VOC categories as their VOC class, every other category background (as the paper says).

@@ -1,4 +1,5 @@
-"""What each dataset of the paper is: classes in the tables' order, palette, BGR mean, test tile (paper.md 1.5, 1.6, 5.3)."""
+"""What each dataset of the paper is: classes in the tables' order, palette, BGR mean, test tile (fyu/dilation
+datasets/*.json, models/*_deploy.prototxt)."""
 
 import dataclasses
 
@@ -33,7 +34,7 @@ DATASETS = {
          (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128)),
         (102.93, 111.36, 116.52), (528, 528)),
     'camvid': DatasetInfo('camvid', _URBAN, _URBAN_PALETTE, (110.70313206, 108.77808759, 105.41212523), (528, 728)),
-    # The deploy input 852x1640 gives 60x159 cells through ceil-mode pooling (paper.md 1.2): a tile of 480x1272 px.
+    # The deploy input 852x1640 gives 60x159 cells through Caffe's ceil-mode pooling: a tile of 480x1272 px.
     'kitti': DatasetInfo('kitti', _URBAN, _URBAN_PALETTE, (96.19429688, 95.55136972, 91.34692262), (480, 1272)),
     'cityscapes': DatasetInfo(
         'cityscapes',
@@ -53,7 +54,8 @@ DATASETS = {
 # alpha, 16-bit, float) would be mangled by the conversion and are refused by the image readers.
 IMAGE_MODES = ('1', 'L', 'P', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr')
 
-# Images per split in the releases the paper used (paper.md 3), shown by `python -m dilated_jax.data.check`.
+# Images per split in the releases the paper used (arXiv 1511.07122 sections 4, 5, appendix A), shown by
+# `python -m dilated_jax.data.check`.
 # VOC train: VOC 2012 train + SBD less val, the common "train_aug" count (the paper gives none); CamVid val: SegNet's
 # list (the paper says 100).
 SPLIT_SIZES = {

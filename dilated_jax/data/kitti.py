@@ -1,5 +1,5 @@
 """KITTI semantic labels of Ros et al. (2015): 100 train / 46 test images of KITTI visual odometry, 1226x370,
-the 11 CamVid classes (paper.md 3.4, Table 6).
+the 11 CamVid classes (arXiv 1511.07122 appendix A, Table 6).
 
 As released: `Training_00/` (train) and `Validation_07/` (the 46 test images), each with `RGB/*.png` images and
 `GT/*.png` labels coloured with CamVid's colours, which are also the released model's palette (info.DATASETS);

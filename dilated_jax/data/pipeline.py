@@ -53,7 +53,8 @@ def reflect_101(index: np.ndarray, n: int) -> np.ndarray:
 
 
 def label_slice(label: np.ndarray, margin: int, stride: int, out_hw: tuple[int, int]) -> np.ndarray:
-  """The label at output cell (i, j) of a crop: pixel (margin + stride i, margin + stride j); IGNORE_LABEL past the edge."""
+  """The label at output cell (i, j) of a crop: pixel (margin + stride i, margin + stride j); IGNORE_LABEL past the
+  edge."""
   out = np.full(out_hw, IGNORE_LABEL, np.int32)
   sliced = label[margin::stride, margin::stride][:out_hw[0], :out_hw[1]]
   out[:sliced.shape[0], :sliced.shape[1]] = sliced
@@ -247,7 +248,7 @@ def _closing(it) -> Iterator:
     # the run's last line): free them now.
     from grain._src.python.ipc import shared_memory_array
 
-    shared_memory_array.SharedMemoryArray._disable_async_del()  # pylint: disable=protected-access
+    shared_memory_array.SharedMemoryArray._disable_async_del()  # noqa: SLF001 - no public way
     del it, close
     gc.collect()
 

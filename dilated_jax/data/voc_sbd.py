@@ -1,4 +1,4 @@
-"""Pascal VOC 2012 with the SBD annotations of Hariharan et al. (paper.md 3.1), 21 classes.
+"""Pascal VOC 2012 with the SBD annotations of Hariharan et al. (arXiv 1511.07122 section 4), 21 classes.
 
 train: VOC 2012 train plus every SBD image, less every VOC 2012 val image (the paper never trains on val; with the
 full SBD this is the common 10,582-image "train_aug" set). val: VOC 2012 val (1,449). A train image's label is VOC's
@@ -28,8 +28,9 @@ def voc_root(manual_dir: str) -> str:
   for root in (os.path.join(manual_dir, 'VOCdevkit', 'VOC2012'), os.path.join(manual_dir, 'VOC2012'), manual_dir):
     if os.path.isdir(os.path.join(root, 'JPEGImages')):
       return root
-  raise FileNotFoundError(f'pascal_voc: no VOC 2012 under {manual_dir} ({os.path.join(manual_dir, "VOCdevkit", "VOC2012", "JPEGImages")} '
-                          f'is missing); expected {builder.layout_line(Builder)}')
+  missing = os.path.join(manual_dir, 'VOCdevkit', 'VOC2012', 'JPEGImages')
+  raise FileNotFoundError(f'pascal_voc: no VOC 2012 under {manual_dir} ({missing} is missing); expected '
+                          f'{builder.layout_line(Builder)}')
 
 
 def sbd_labels(manual_dir: str, voc: str) -> dict[str, tuple[str, object]]:

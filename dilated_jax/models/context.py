@@ -10,7 +10,8 @@ import numpy as np
 from dilated_jax import InputError, receptive_field as rf
 from dilated_jax.models.layers import DilatedConv
 
-# Dilations of the 3x3 layers (paper Table 1 and paper.md 1.5); a final 1x1 layer always follows.
+# Dilations of the 3x3 layers (arXiv 1511.07122 Table 1; Dilation7 and 10: appendix A, fyu/dilation
+# models/*_deploy.prototxt); a final 1x1 layer always follows.
 BASIC = (1, 1, 2, 4, 8, 16, 1)  # = Dilation8
 DILATION7 = (1, 1, 2, 4, 8, 1)
 DILATION10 = (1, 1, 2, 4, 8, 16, 32, 64, 1)
@@ -29,7 +30,8 @@ NOISES = ('fixed', 'scaled')
 
 
 def identity_init(num_classes: int, noise_std: float = 0.01, noise: str = 'fixed'):
-  """Eq. 5 (eq. 4 when c_in = c_out = C): C / c_out on the centre tap where floor(aC/c_in) = floor(bC/c_out), noise elsewhere.
+  """Eq. 5 (eq. 4 when c_in = c_out = C): C / c_out on the centre tap where floor(aC/c_in) = floor(bC/c_out), noise
+  elsewhere.
 
   As the released IdentityFiller: N(0, sigma^2) everywhere first, then the identity taps are overwritten, noise-free.
   noise 'fixed': sigma = noise_std in every layer (the released filler); 'scaled': sigma = noise_std * C / c_out, so
@@ -77,8 +79,7 @@ class ContextModule(nn.Module):
   dilations: Sequence[int] = BASIC
   channel_multipliers: Sequence[int] | None = None  # None = Basic (all C)
   padding: str = 'same'
-  # or 'random' (He normal), for the ablation of paper section 3; not named `init`, which would hide Module.init
-  init_scheme: str = 'identity'
+  initialisation: str = 'identity'  # or 'random' (He normal), for the ablation of paper section 3
   noise_std: float = 0.01
   noise: str = 'fixed'  # NOISES: how the identity init's noise scales with a layer's width
   dtype: jnp.dtype | None = None
@@ -90,12 +91,12 @@ class ContextModule(nn.Module):
   @nn.compact
   def __call__(self, x):
     check_schedule(self.dilations, self.channel_multipliers, self.padding, self.noise)
-    if self.init_scheme == 'identity':
+    if self.initialisation == 'identity':
       kernel_init = identity_init(self.num_classes, self.noise_std, self.noise)
-    elif self.init_scheme == 'random':
+    elif self.initialisation == 'random':
       kernel_init = nn.initializers.he_normal()
     else:
-      raise InputError(f"context.init: expected 'identity' or 'random', got {self.init_scheme!r}")
+      raise InputError(f"context.initialisation: expected 'identity' or 'random', got {self.initialisation!r}")
     multipliers = self.channel_multipliers or (1,) * len(self.dilations)
     if self.padding == 'pad_once':
       p = (rf.receptive_field(self.layers())[0] - 1) // 2

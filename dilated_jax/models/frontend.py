@@ -1,4 +1,5 @@
-"""The front end: VGG-16 with pool4 and pool5 removed, conv5 dilated by 2, fc6 a 7x7 conv dilated by 4 (paper.md 1.2)."""
+"""The front end: VGG-16 with pool4 and pool5 removed, conv5 dilated by 2, fc6 a 7x7 conv dilated by 4 (arXiv 1511.07122
+section 4; fyu/dilation network.py)."""
 
 from typing import Sequence
 
@@ -8,7 +9,8 @@ import jax.numpy as jnp
 from dilated_jax import InputError, receptive_field as rf
 from dilated_jax.models.layers import DilatedConv, max_pool_ceil
 
-# Half of the paper front end's shrinkage, 372 px: the reflection margin around every input image (paper.md 1.3).
+# Half of the paper front end's shrinkage, 372 px: the reflection margin around every input image (fyu/dilation
+# test.py, label_margin).
 MARGIN = 186
 OUTPUT_STRIDE = 8
 
@@ -94,6 +96,6 @@ class FrontEnd(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.relu(conv('fc7', self.fc_channels, 1)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    # Raw class scores, no ReLU: the context module reads them as they are (paper.md 1.5).
+    # Raw class scores, no ReLU: the context module reads them as they are (the deploy prototxts).
     return DilatedConv(self.num_classes, 1, padding=self.padding, dtype=self.dtype, name='final',
                        kernel_init=nn.initializers.normal(0.001))(x)

@@ -1,4 +1,5 @@
-"""Building blocks: the dilated convolution, Caffe's ceil-mode pooling, and the two x8 upsamplings (paper.md 1.4)."""
+"""Building blocks: the dilated convolution, Caffe's ceil-mode pooling, and the two x8 upsamplings (fyu/dilation
+util.py interp_map; the Cityscapes deploy prototxt's Deconvolution)."""
 
 from typing import Callable, Sequence, Union
 
@@ -91,7 +92,8 @@ def _zoom_axis(x, axis: int, n_out: int, zoom: int):
 
 
 def bilinear_zoom(x, zoom: int = 8, out_hw: tuple[int, int] | None = None):
-  """Corner-aligned bilinear upsampling of NHWC maps (paper.md 1.4, zoom = 8): output pixel (h, w) reads (h/z, w/z).
+  """Corner-aligned bilinear upsampling of NHWC maps (fyu/dilation util.py, zoom = 8): output pixel (h, w) reads
+  (h/z, w/z).
 
   Separable and gathered (two taps per output row, then per column): memory linear in the output's pixels, where
   (out x in) interpolation matrices grow with the square of a side (a 60000 x 1 image needed gigabytes).

@@ -1,4 +1,5 @@
-"""The whole network: front end, context module, upsampling; one preset per dataset (paper.md 1.5)."""
+"""The whole network: front end, context module, upsampling; one preset per dataset (fyu/dilation
+models/*_deploy.prototxt)."""
 
 import flax.linen as nn
 import jax
@@ -36,7 +37,8 @@ def label_offset(mode: str, stride: int) -> int:
 
 
 def upsample_probabilities(scores, mode: str, zoom: int, out_hw: tuple[int, int]):
-  """Full-resolution class probabilities from 1/zoom scores: softmax then corner-aligned zoom, or deconv then softmax."""
+  """Full-resolution class probabilities from 1/zoom scores: softmax then corner-aligned zoom, or deconv then
+  softmax."""
   if mode == 'zoom':
     return bilinear_zoom(jax.nn.softmax(scores.astype(jnp.float32), axis=-1), zoom, out_hw)
   if mode == 'deconv':
@@ -48,16 +50,19 @@ def upsample_probabilities(scores, mode: str, zoom: int, out_hw: tuple[int, int]
 
 
 def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
-  """The model fields of an experiment config; `preset` is pascal_voc, camvid, kitti or cityscapes (paper.md 1.5)."""
+  """The model fields of an experiment config; `preset` is pascal_voc, camvid, kitti or cityscapes (the deploy
+  networks)."""
   fe = FrontEnd.__dataclass_fields__
   cfg = ml_collections.ConfigDict(dict(
       num_classes=21,
       front_end={k: fe[k].default for k in (
           'width', 'padding', 'block_convs', 'block_channels', 'block_dilations', 'pools', 'fc6_kernel',
           'fc6_dilation', 'fc_channels', 'dropout_rate', 'input_scale')},
-      # dilations=() means no context module (the front-end stage).
-      # noise: 'fixed' (std noise_std in every layer, the released IdentityFiller) or 'scaled' (noise_std C / c_out)
-      context=dict(dilations=ctx.BASIC, channel_multipliers=(1,) * len(ctx.BASIC), padding='same', init='identity',
+      # dilations=() means no context module (the front-end stage). channel_multipliers: output channels of each 3x3
+      # layer in units of C, () = all C (Basic, whatever the schedule's length). initialisation: 'identity' (eq. 4, 5)
+      # or 'random'; noise: 'fixed' (std noise_std in every layer, the released IdentityFiller) or 'scaled'
+      # (noise_std C / c_out).
+      context=dict(dilations=ctx.BASIC, channel_multipliers=(), padding='same', initialisation='identity',
                    noise_std=0.01, noise='fixed'),
       upsample='zoom',
       dtype='float32',  # compute dtype; parameters stay float32
@@ -74,7 +79,7 @@ def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
     p = presets[preset]
     cfg.num_classes = p['num_classes']
     cfg.context.dilations = p['dilations']
-    cfg.context.channel_multipliers = p.get('multipliers', (1,) * len(p['dilations']))
+    cfg.context.channel_multipliers = p.get('multipliers', ())
     cfg.context.padding = p.get('padding', 'same')
     cfg.upsample = p.get('upsample', 'zoom')
   return cfg
@@ -93,7 +98,8 @@ def build_model(cfg: ml_collections.ConfigDict, with_context: bool = True) -> Di
     context_module = ContextModule(
         num_classes=cfg.num_classes, dilations=tuple(cfg.context.dilations),
         channel_multipliers=tuple(cfg.context.channel_multipliers), padding=cfg.context.padding,
-        init_scheme=cfg.context.init, noise_std=cfg.context.noise_std, noise=cfg.context.noise, dtype=dtype)
+        initialisation=cfg.context.initialisation, noise_std=cfg.context.noise_std, noise=cfg.context.noise,
+        dtype=dtype)
   if cfg.upsample not in UPSAMPLINGS:
     raise InputError(f'model.upsample: expected one of {UPSAMPLINGS}, got {cfg.upsample!r}')
   return DilationNet(front_end, context_module)

@@ -13,14 +13,13 @@ Layers the file lacks (`final` and the context module of an ImageNet VGG-16) get
 so that the checkpoint is a whole network; a released model must hold every layer of its preset.
 """
 
-import json
 import os
 
 from absl import flags
 import jax
 import jax.numpy as jnp
 
-from dilated_jax import InputError, checkpoint, cli
+from dilated_jax import InputError, checkpoint, cli, files
 from dilated_jax.data.info import DATASETS
 from dilated_jax.models import model_config
 from dilated_jax.weights import importer
@@ -36,15 +35,13 @@ def convert(preset: str, weights: str, workdir: str, width: float = 1.0) -> impo
                      '(choose a new workdir)')
   params, imported = importer.initialise(importer.init_params(model_cfg), weights, model_cfg, DATASETS[preset].mean_bgr)
   os.makedirs(workdir, exist_ok=True)
-  state = {'step': jnp.zeros((), jnp.int32), 'params': jax.tree.map(jnp.asarray, params)}
+  state = checkpoint.initial_state(jax.tree.map(jnp.asarray, params))
   with checkpoint.manager(workdir, keep=1) as mngr:
     checkpoint.save(mngr, 0, state, force=True)
     mngr.wait_until_finished()
   record = {'source': os.path.abspath(weights), 'format': imported.format, 'preset': preset, 'width': width,
             'imported': imported.layers, 'notes': imported.notes}
-  with open(os.path.join(workdir, 'weights.json.tmp'), 'w') as f:
-    json.dump(record, f, indent=1)
-  os.replace(os.path.join(workdir, 'weights.json.tmp'), os.path.join(workdir, 'weights.json'))
+  files.write_json(os.path.join(workdir, 'weights.json'), record)
   return imported
 
 
@@ -62,7 +59,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_enum('preset', None, sorted(DATASETS), 'the network the weights are for (paper.md 1.5)')
+  flags.DEFINE_enum('preset', None, sorted(DATASETS), 'the network the weights are for (fyu/dilation datasets)')
   flags.DEFINE_string('weights', None, '.caffemodel, torchvision VGG-16 state dict (.pth / .npz)')
   flags.DEFINE_string('workdir', None, 'where the checkpoint goes; must not hold checkpoints yet')
   flags.DEFINE_float('width', 1.0, "front_end.width of the file's network: 1 for the released models and VGG-16")

@@ -331,7 +331,7 @@ def network_params(path: str, model_cfg: ml_collections.ConfigDict, mean_bgr, wh
   imported = import_weights(path, model_cfg, mean_bgr)
   if 'final' not in imported.params.get('front_end', {}):
     raise InputError(f'{path}: no layer final (nor fc-final): an ImageNet VGG-16 initialises training '
-                     '(train --config.init_weights, or weights.convert) but cannot segment')
+                     '(train --config.weights, or weights.convert) but cannot segment')
   return imported.params, 'context_module' in imported.params
 
 

@@ -108,7 +108,7 @@ def measure(mode: str, path: str, steps: int, workers: int) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from dilated_jax import score_cache, sharding, train
+  from dilated_jax import checkpoint, score_cache, sharding, train
   from dilated_jax.data import pipeline
   from dilated_jax.models import build_model
 
@@ -127,9 +127,9 @@ def measure(mode: str, path: str, steps: int, workers: int) -> dict:
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + crop + (3,)))['params']['front_end']
     params = {'front_end': jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes), 'context_module': ctx}
     tx = train.optimizer(cfg)
-    state = jax.device_put(train._initial_state(params, tx, ('context_module',)), sharding.replicated(mesh))
+    state = jax.device_put(checkpoint.initial_state(params, tx, ('context_module',)), sharding.replicated(mesh))
     step_fn = train.make_train_step(model, 'context', ('context_module',), tx, cfg.model.num_classes,
-                                    jax.random.key(0), mesh)
+                                    jax.random.key(0), mesh, None)
   make = pipeline.ScoreExamples(cache, cfg.data.flip)
   if mode == 'step':
     one = pipeline.ProcessBatch(make, len(cache), cfg.batch_size, cfg.seed, range(cfg.batch_size))(0)
