@@ -13,7 +13,7 @@ from crf_reference import scene
 
 def direct_miou(preds, labels, num_classes: int) -> float:
   """From the definition: per-class TP / (TP + FP + FN) over all pixels of all images, mean over present classes."""
-  pred, label = np.concatenate([p.ravel() for p in preds]), np.concatenate([l.ravel() for l in labels])
+  pred, label = np.concatenate([p.ravel() for p in preds]), np.concatenate([y.ravel() for y in labels])
   ious = []
   for k in range(num_classes):
     tp = np.sum((pred == k) & (label == k))
@@ -38,11 +38,11 @@ def test_search_scores_every_point_and_picks_the_best(examples):
   best, table = crf_search.search(examples, grid, num_classes=3, base=base, workers=2)
   assert len(table) == 1 + 8 and table[0]['crf'] is False
   assert table[0]['miou'] == pytest.approx(direct_miou([p.argmax(-1) for p, _, _ in examples],
-                                                       [l for _, _, l in examples], 3))
+                                                       [y for _, _, y in examples], 3))
   for row in table[1:]:
     params = dense_crf.DenseCRFParams.from_dict({k: v for k, v in row.items() if k not in ('crf', 'miou')})
     preds = [dense_crf.refine(p, im, params).argmax(-1) for p, im, _ in examples]
-    assert row['miou'] == pytest.approx(direct_miou(preds, [l for _, _, l in examples], 3)), row
+    assert row['miou'] == pytest.approx(direct_miou(preds, [y for _, _, y in examples], 3)), row
   mious = [row['miou'] for row in table[1:]]
   assert best.to_dict() == {k: v for k, v in table[1 + int(np.argmax(mious))].items() if k not in ('crf', 'miou')}
   assert len(set(mious)) > 1  # the points differ, so picking the best is a real choice here

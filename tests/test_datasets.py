@@ -266,7 +266,8 @@ def test_real_camvid_prepared_and_read_back_equals_its_files_pixel_for_pixel(tmp
   the scene the right way up (sky above the road and brighter)."""
   manual = tmp_path / 'CamVid'
   picked = {'train': [0, 200], 'test': [232]}
-  lines = {split: open(os.path.join(REAL_CAMVID, f'{split}.txt')).read().split('\n') for split in ('train', 'val', 'test')}
+  lines = {split: open(os.path.join(REAL_CAMVID, f'{split}.txt')).read().split('\n')
+           for split in ('train', 'val', 'test')}
   for split, rows in lines.items():  # a few of the real files, linked in the release's layout
     keep = [rows[i] for i in picked.get(split, [0])]
     (manual / split).mkdir(parents=True)
