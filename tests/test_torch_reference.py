@@ -45,7 +45,7 @@ def test_the_torch_network_computes_ours_from_the_same_weights(stage):
     x = rng.normal(size=(2, 6, 7, cfg.model.num_classes)).astype(np.float32)
     ours = model.context_module.apply({'params': params['context_module']}, x)
   else:
-    x = rng.normal(size=(2, 404, 412, 3)).astype(np.float32)
+    x = rng.normal(size=(2, 406, 412, 3)).astype(np.float32)  # 406: odd maps at the second and third poolings
     ours = model.apply({'params': params}, x)
   net, convs = torch_network(model, params, x.shape[1:3], stage)
   assert tuple(convs[-1]['out_hw']) == ours.shape[1:3]
