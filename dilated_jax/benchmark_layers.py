@@ -20,7 +20,7 @@ from dilated_jax import InputError, sharding
 from dilated_jax import config as config_lib
 from dilated_jax.benchmark import conv_layers
 from dilated_jax.data import pipeline
-from dilated_jax.data.info import DATASETS
+from dilated_jax.data.info import DATASETS, IGNORE_LABEL
 from dilated_jax.models import build_model, layers as model_layers
 from dilated_jax.train import loss_and_metrics, make_train_step, optimizer
 
@@ -190,7 +190,7 @@ def parts_table(model, params, hw, stage: str, batch: int, dtype: str, runs: int
   t_logits = torch.randn(out_shape[0], c, *out_shape[1:3], device=device).requires_grad_()
   t_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
   fns['torch_loss'] = lambda: ref.seconds(lambda: torch.nn.functional.cross_entropy(
-      t_logits, t_labels, ignore_index=255).backward(), device)
+      t_logits, t_labels, ignore_index=IGNORE_LABEL).backward(), device)
 
   if stage != 'context':  # the RGB uint8 batch made BGR minus the mean on the device
     images = np.random.default_rng(0).integers(0, 256, (batch,) + tuple(hw) + (3,), dtype=np.uint8)
