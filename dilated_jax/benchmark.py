@@ -5,6 +5,8 @@ pipeline feeds it, against what accelerators consume.
   python -m dilated_jax.benchmark --preset=camvid --stage=frontend --batch=8 --crop=628,628 --dtype=bfloat16
   python -m dilated_jax.benchmark --input --preset=all
   python -m dilated_jax.benchmark --input_overlap --config=experiments/synthetic.py:stage=frontend
+  python -m dilated_jax.benchmark --layers --output=docs/results/benchmark_cpu.json \
+      --markdown=docs/results/benchmark_cpu.md
 
 The step benchmark prints and (with --output) writes as JSON: compile time; train-step images/s (median and spread
 of --runs timed steps after --warmup); inference latency per test tile; the step's FLOPs from XLA's cost analysis
@@ -16,6 +18,9 @@ dtype timed in the same run; their ratio; peak memory; the input pipeline's own 
 consumes at half its published bf16 peak, hence the host cores it needs.
 
 --input_overlap: the step time of training fed by the pipeline against training on one constant batch.
+
+--layers: the image stage and the context stage beside PyTorch's same network in one process, every convolution's
+passes and the rest of the step (benchmark_layers.py).
 """
 
 import io
@@ -52,28 +57,52 @@ def timed(fn, runs: int, warmup: int) -> np.ndarray:
   return np.array(times)
 
 
-def forward_flops(model, params, hw, stage: str) -> float:
-  """2 x multiply-adds of every convolution of one forward pass on an (h, w) input, from the kernels' shapes."""
+def conv_layers(model, params, hw, stage: str) -> list[dict]:
+  """Every convolution of one forward pass on an (h, w) input, in order, from the kernels' shapes: part, name,
+  kernel (kh, kw, c_in, c_out), dilation, padding ((top, bottom), (left, right)), in_hw, out_hw, flops (2 x its
+  multiply-adds per image), and what comes with it in the model: pad_before (the context module's padding once),
+  relu, dropout (the rate in training), pool_after (a 2x2 ceil-mode max pooling). in_hw is what the convolution
+  reads: after pad_before, before its own padding."""
+  from dilated_jax.models.layers import conv_padding
+
   h, w = hw
-  total = 0.0
+  out = []
   parts = [('context_module', model.context_module)] if stage == 'context' else [
       ('front_end', model.front_end), ('context_module', model.context_module)]
   for part, module in parts:
     if module is None:
       continue
-    valid = module.padding.upper() == 'VALID' or module.padding == 'pad_once'
+    specs = module.layers()
+    convs = [layer for layer in specs if not layer.pool]
+    pad_before = 0
     if module.padding == 'pad_once':  # padded once by the receptive field's radius, then unpadded convolutions
-      radius = sum(layer.dilation * (layer.kernel - 1) // 2 for layer in module.layers())
-      h, w = h + 2 * radius, w + 2 * radius
-    for layer in module.layers():
+      pad_before = sum(layer.dilation * (layer.kernel - 1) // 2 for layer in convs)
+    mode = 'SAME' if module.padding.upper() == 'SAME' else 'VALID'
+    for layer in specs:
       if layer.pool:
         h, w = math.ceil(h / 2), math.ceil(w / 2)
+        out[-1]['pool_after'] = True
         continue
-      kh, kw, cin, cout = params[part][layer.name]['kernel'].shape
-      if valid:
-        h, w = h - layer.dilation * (kh - 1), w - layer.dilation * (kw - 1)
-      total += 2.0 * h * w * kh * kw * cin * cout
-  return total
+      first = layer is convs[0]
+      if first:
+        h, w = h + 2 * pad_before, w + 2 * pad_before
+      kernel = tuple(params[part][layer.name]['kernel'].shape)
+      padding = conv_padding(mode if layer.kernel > 1 else 'VALID', layer.kernel, layer.dilation)
+      (pt, pb), (pl, pr) = padding
+      ho, wo = h + pt + pb - layer.dilation * (kernel[0] - 1), w + pl + pr - layer.dilation * (kernel[1] - 1)
+      last = layer is convs[-1]
+      fc = part == 'front_end' and layer.name in ('fc6', 'fc7')
+      out.append(dict(part=part, name=layer.name, kernel=kernel, dilation=layer.dilation, padding=padding,
+                      in_hw=(h, w), out_hw=(ho, wo),
+                      flops=2.0 * ho * wo * math.prod(kernel), pad_before=pad_before if first else 0,
+                      relu=not last, dropout=module.dropout_rate if fc else 0.0, pool_after=False))
+      h, w = ho, wo
+  return out
+
+
+def forward_flops(model, params, hw, stage: str) -> float:
+  """2 x multiply-adds of every convolution of one forward pass on an (h, w) input, from the kernels' shapes."""
+  return sum(layer['flops'] for layer in conv_layers(model, params, hw, stage))
 
 
 def matmul_peak(dtype, n: int, runs: int) -> float:
@@ -601,12 +630,52 @@ def main(argv):
     return
   if FLAGS.preset == 'all':
     raise InputError('--preset: all is for --input; the step benchmark takes one preset')
+  if FLAGS.layers:
+    layers_main(crop)
+    return
   devices = jax.devices()[:FLAGS.devices] if FLAGS.devices else None
   logging.info('benchmarking %s %s', FLAGS.preset, FLAGS.stage)
   result = benchmark(FLAGS.preset, FLAGS.stage, FLAGS.batch, crop, FLAGS.dtype, devices, FLAGS.runs, FLAGS.warmup,
                      FLAGS.width)
   print(report(result))
   write_output(FLAGS.output, [result])
+
+
+def layers_main(crop):
+  """--layers: `benchmark_layers.compare` for each of --dtypes; --output and --markdown hold this run alone."""
+  import sys
+
+  from dilated_jax import benchmark_layers
+
+  if FLAGS.stage == 'context':
+    raise InputError('--stage: --layers times the image stage (frontend or joint) and the context stage of '
+                     '--context_preset; give frontend or joint')
+  context_crop = tuple(int(v) for v in FLAGS.context_crop.split(','))
+  dtypes = FLAGS.dtypes.split(',')
+  if len(context_crop) != 2 or not set(dtypes) <= {'float32', 'bfloat16'} or FLAGS.runs < 1:
+    raise InputError(f'--context_crop, --dtypes, --runs: expected H,W, float32 and/or bfloat16, >= 1; got '
+                     f'{FLAGS.context_crop!r}, {FLAGS.dtypes!r}, {FLAGS.runs}')
+  for path in (FLAGS.output, FLAGS.markdown):
+    if path:
+      cli.check_writable(os.path.dirname(os.path.abspath(path)), '--output/--markdown')
+  results = []
+  for dtype in dtypes:
+    logging.info('%s %s and the context stage of %s beside PyTorch, %s', FLAGS.preset, FLAGS.stage,
+                 FLAGS.context_preset or FLAGS.preset, dtype)
+    results.append(benchmark_layers.compare(
+        FLAGS.preset, FLAGS.stage, FLAGS.batch, crop, FLAGS.context_preset or FLAGS.preset, FLAGS.context_batch,
+        context_crop, dtype, FLAGS.runs, FLAGS.torch_layout, FLAGS.width))
+  command = 'python -m dilated_jax.benchmark ' + ' '.join(sys.argv[1:])
+  page = benchmark_layers.render(results, command)
+  print(page)
+  if FLAGS.output:
+    with open(FLAGS.output + '.tmp', 'w') as f:
+      json.dump(results, f, indent=1)
+    os.replace(FLAGS.output + '.tmp', FLAGS.output)
+  if FLAGS.markdown:
+    with open(FLAGS.markdown + '.tmp', 'w') as f:
+      f.write(page)
+    os.replace(FLAGS.markdown + '.tmp', FLAGS.markdown)
 
 
 def write_output(path, new: list[dict]):
@@ -632,7 +701,16 @@ if __name__ == '__main__':
   flags.DEFINE_integer('devices', 0, 'devices to use (0: all)')
   flags.DEFINE_integer('runs', 5, 'timed steps')
   flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')
-  flags.DEFINE_string('output', None, 'append the result to this JSON list')
+  flags.DEFINE_string('output', None, 'append the result to this JSON list (--layers: write this run\'s)')
+  flags.DEFINE_bool('layers', False, 'the steps, every convolution\'s passes and the rest of the step, ours beside '
+                    'PyTorch\'s same network (the bench extra), and the peak')
+  flags.DEFINE_string('dtypes', 'float32', '--layers: compute dtypes, comma-separated')
+  flags.DEFINE_string('context_preset', None, '--layers: the context stage\'s preset (default --preset)')
+  flags.DEFINE_integer('context_batch', 4, '--layers: the context stage\'s batch')
+  flags.DEFINE_string('context_crop', '900,900', '--layers: the crop whose front-end scores the context stage reads')
+  flags.DEFINE_enum('torch_layout', 'auto', ['auto', 'nchw', 'channels_last'],
+                    '--layers: PyTorch\'s memory layout (auto: NCHW on CPU, channels-last on GPU)')
+  flags.DEFINE_string('markdown', None, '--layers: write the page of this run here')
   flags.DEFINE_bool('input', False, 'benchmark the input pipeline against the accelerators instead of the step')
   flags.DEFINE_integer('max_workers', -1, '--input: worker processes up to this count (-1: the cores available)')
   flags.DEFINE_float('seconds', 4.0, '--input: seconds timed per measurement, after the warm-up')

@@ -101,6 +101,87 @@ def test_paper_definition(dilation):
   np.testing.assert_allclose(np.asarray(y)[0, :, :, 0], ref, rtol=1e-5, atol=1e-5)
 
 
+def conv_input_grad_ref(dy, kernel, x_shape, dilation, pads):
+  """The input gradient from the definition y[p] = sum_t xpad[p + l t] @ k[t]: dx[p + l t] += dy[p] @ k[t]^T, then
+  the padding cut off."""
+  (pt, pb), (pl, pr) = pads
+  n, h, w, _ = x_shape
+  kh, kw = kernel.shape[:2]
+  out_h, out_w = dy.shape[1:3]
+  dxp = np.zeros((n, h + pt + pb, w + pl + pr, kernel.shape[2]))
+  for ty in range(kh):
+    for tx in range(kw):
+      dxp[:, dilation * ty:dilation * ty + out_h, dilation * tx:dilation * tx + out_w] += (
+          dy.astype(np.float64) @ kernel[ty, tx].T.astype(np.float64))
+  return dxp[:, pt:pt + h, pl:pl + w]
+
+
+# (kernel, dilation, padding, input h, w): fc6 and the Large module's dilation-16 layer at (a fraction of) their
+# training sizes, the early layers' wide maps, SAME and uneven paddings, a 1x1.
+GRADIENT_CASES = [(7, 4, 'VALID', 40, 42), (3, 16, 'VALID', 50, 49), (3, 1, 'VALID', 60, 61), (3, 2, 'SAME', 21, 23),
+                  (3, 8, ((1, 2), (0, 3)), 26, 25), (1, 1, 'VALID', 5, 6)]
+
+
+@pytest.mark.parametrize('k,dilation,padding,h,w', GRADIENT_CASES)
+def test_input_gradient_as_matmul_equals_the_transposed_convolution_and_the_definition(k, dilation, padding, h, w):
+  """layers.conv_input_grad_matmul = the input gradient JAX derives from lax.conv_general_dilated = numpy's."""
+  rng = np.random.default_rng(k * 100 + dilation)
+  pads = layers.conv_padding(padding, k, dilation)
+  x_shape = (2, h, w, 5)
+  kernel = rng.normal(size=(k, k, 5, 6)).astype(np.float32)
+  y_shape = jax.eval_shape(lambda: layers.conv(jnp.zeros(x_shape), kernel, dilation, pads)).shape
+  dy = rng.normal(size=y_shape).astype(np.float32)
+  ref = conv_input_grad_ref(dy, kernel, x_shape, dilation, pads)
+  matmul = layers.conv_input_grad_matmul(jnp.asarray(dy), jnp.asarray(kernel), x_shape, dilation, pads)
+  xla = layers.conv_input_grad_xla(jnp.asarray(dy), jnp.asarray(kernel), x_shape, dilation, pads)
+  np.testing.assert_allclose(np.asarray(matmul), ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(xla), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('k,dilation,padding,h,w', GRADIENT_CASES)
+def test_dilated_conv_is_lax_conv_with_its_gradients(k, dilation, padding, h, w, dtype):
+  """The layer's custom gradient, whichever input gradient it picks, equals jax.grad of lax.conv_general_dilated;
+  its forward pass is that convolution."""
+  rng = np.random.default_rng(k + dilation)
+  pads = layers.conv_padding(padding, k, dilation)
+  x = jnp.asarray(rng.normal(size=(2, h, w, 5)), dtype)
+  kernel = jnp.asarray(rng.normal(size=(k, k, 5, 6)), dtype)
+  lax_conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), pads, rhs_dilation=(dilation, dilation),
+                                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  ours = lambda x, k: layers.dilated_conv(x, k, dilation, pads)
+  np.testing.assert_array_equal(np.asarray(jax.jit(ours)(x, kernel), np.float32),
+                                np.asarray(jax.jit(lax_conv)(x, kernel), np.float32))
+  weights = jnp.asarray(rng.normal(size=jax.eval_shape(lax_conv, x, kernel).shape), dtype)
+  loss = lambda conv: lambda x, k: (conv(x, k).astype(jnp.float32) * weights).sum()
+  got = jax.jit(jax.grad(loss(ours), (0, 1)))(x, kernel)
+  want = jax.jit(jax.grad(loss(lax_conv), (0, 1)))(x, kernel)
+  tol = 1e-4 if dtype == 'float32' else 2e-2
+  for g, r in zip(got, want):
+    assert g.dtype == r.dtype == jnp.dtype(dtype)
+    g, r = np.asarray(g, np.float32), np.asarray(r, np.float32)
+    np.testing.assert_allclose(g, r, rtol=tol, atol=tol * np.abs(r).max())
+
+
+def test_the_input_gradient_of_fc6_is_a_matmul_on_cpu_and_the_early_layers_keep_xlas():
+  """The rule of layers.WASTED_TAPS at the VOC training crop: fc6 (40 -> 16 px) and the dilation-16 context layer
+  (50 -> 18) by matmul, conv1_2 (498 -> 496) and conv5_3 (44 -> 40) as XLA derives it; and the compiled gradient of
+  fc6 holds one convolution, the kernel gradient's (the forward pass is not needed for the gradient of a sum)."""
+  assert layers.input_grad_by_matmul((2, 40, 40), (2, 16, 16))
+  assert layers.input_grad_by_matmul((2, 50, 50), (2, 18, 18))
+  assert not layers.input_grad_by_matmul((2, 498, 498), (2, 496, 496))
+  assert not layers.input_grad_by_matmul((2, 44, 44), (2, 40, 40))
+  pads = ((0, 0), (0, 0))
+
+  def convolutions(x_hw, k, d):
+    x, kernel = jnp.zeros((1,) + x_hw + (4,)), jnp.zeros((k, k, 4, 8))
+    grad = jax.grad(lambda x, w: layers.dilated_conv(x, w, d, pads).sum(), (0, 1))
+    return jax.jit(grad).lower(x, kernel).compile().as_text().count(' convolution(')
+
+  assert convolutions((40, 40), 7, 4) == 1
+  assert convolutions((44, 44), 3, 2) == 2
+
+
 @pytest.mark.parametrize('shape', [(8, 8), (7, 9), (5, 6)])
 def test_max_pool_ceil_matches_caffe(shape):
   """Caffe's 2x2/2 pooling: ceil((n - 2) / 2) + 1 cells, the last window of an odd side holding one row or column."""
@@ -111,6 +192,30 @@ def test_max_pool_ceil_matches_caffe(shape):
     for j in range(out_w):
       ref[:, i, j] = x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].max(axis=(1, 2))  # numpy slices clip at the edge
   np.testing.assert_array_equal(np.asarray(layers.max_pool_ceil(jnp.asarray(x))), ref)
+
+
+@pytest.mark.parametrize('shape', [(8, 8), (7, 9), (5, 6), (1, 1)])
+def test_max_pool_gradient_is_reduce_windows_first_maximum_per_window(shape):
+  """The custom gradient of max_pool_ceil equals jax.grad of lax.reduce_window (select-and-scatter), ties included:
+  all of a window's gradient to its first maximum in row-major order (Caffe's choice), none to the -inf padding;
+  and the numpy reference of that rule."""
+  rng = np.random.default_rng(4)
+  x = rng.integers(0, 3, size=(2, *shape, 3)).astype(np.float32)  # values 0..2: most windows hold ties
+  pooled = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                           ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0)))
+  g = rng.normal(size=pooled(x).shape).astype(np.float32)
+  ours = jax.jit(lambda x, g: jax.vjp(layers.max_pool_ceil, x)[1](g)[0])(x, g)
+  want = jax.vjp(pooled, jnp.asarray(x))[1](jnp.asarray(g))[0]
+  ref = np.zeros_like(x)
+  for i in range(g.shape[1]):
+    for j in range(g.shape[2]):
+      for n in range(2):
+        for c in range(3):
+          window = x[n, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c]
+          di, dj = np.unravel_index(np.argmax(window), window.shape)  # argmax: the first maximum
+          ref[n, 2 * i + di, 2 * j + dj, c] += g[n, i, j, c]
+  np.testing.assert_array_equal(np.asarray(ours), ref)
+  np.testing.assert_array_equal(np.asarray(want), ref)
 
 
 def interp_map(prob, zoom, width, height):

@@ -1,6 +1,7 @@
 """Building blocks: the dilated convolution, Caffe's ceil-mode pooling, and the two x8 upsamplings (fyu/dilation
 util.py interp_map; the Cityscapes deploy prototxt's Deconvolution)."""
 
+import functools
 from typing import Callable, Sequence, Union
 
 import flax.linen as nn
@@ -27,6 +28,72 @@ def conv_padding(padding: Padding, kernel_size: int, dilation: int):
   return tuple(tuple(int(v) for v in pair) for pair in padding)
 
 
+def conv(x, kernel, dilation: int, padding):
+  """lax.conv_general_dilated with kernel dilation: NHWC in and out, HWIO kernel, explicit ((t, b), (l, r)) padding."""
+  return jax.lax.conv_general_dilated(x, kernel, window_strides=(1, 1), padding=padding,
+                                      rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def conv_input_grad_xla(dy, kernel, x_shape, dilation: int, padding):
+  """The input gradient of `conv` as JAX transposes it: a convolution of dy padded by the dilated kernel's extent."""
+  return jax.vjp(lambda x: conv(x, kernel, dilation, padding), jnp.zeros(x_shape, dy.dtype))[1](dy)[0]
+
+
+def conv_input_grad_matmul(dy, kernel, x_shape, dilation: int, padding):
+  """The input gradient of `conv` as one matmul, dy times every tap of the kernel, and the sum of each tap's product
+  shifted to where that tap reads the input (col2im): only products of taps with input pixels, none with padding."""
+  kh, kw = kernel.shape[:2]
+  n, ho, wo, _ = dy.shape
+  (pt, pb), (pl, pr) = padding
+  hp, wp = x_shape[1] + pt + pb, x_shape[2] + pl + pr
+  # float32 sums of bfloat16 products, as the convolution accumulates
+  taps = jnp.einsum('nhwo,ijco->nhwijc', dy, kernel, preferred_element_type=jnp.float32)
+  d = dilation
+  dx = sum(jnp.pad(taps[:, :, :, i, j], ((0, 0), (i * d, hp - ho - i * d), (j * d, wp - wo - j * d), (0, 0)))
+           for i in range(kh) for j in range(kw))
+  return dx[:, pt:pt + x_shape[1], pl:pl + x_shape[2]].astype(dy.dtype)
+
+
+# XLA runs the input gradient of a convolution as a convolution of the output gradient padded by the dilated kernel's
+# extent d (k - 1) on every side: (H W) / (H' W') times the forward pass's taps for an input of H x W pixels and an
+# output of H' x W', the rest being products with zeros. Unpadded layers whose kernels span much of their input pay
+# most: fc6 (7x7, dilation 4) at the VOC crop, 40 -> 16 px, does 6.25x its work that way; the Large module's
+# dilation-16 layer 7.7x. Past WASTED_TAPS the matmul form is faster on CPU (per-layer table of
+# docs/results/benchmark_cpu.md, `python -m dilated_jax.benchmark --layers`); below it the two tie or XLA's wins.
+WASTED_TAPS = 1.25
+
+
+def input_grad_by_matmul(x_shape, y_shape) -> bool:
+  """Whether `dilated_conv` computes the input gradient as a matmul on CPU: see WASTED_TAPS."""
+  return x_shape[1] * x_shape[2] > WASTED_TAPS * y_shape[1] * y_shape[2]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def dilated_conv(x, kernel, dilation: int, padding):
+  """`conv`, whose input gradient on CPU is `conv_input_grad_matmul` where XLA's would multiply mostly zeros."""
+  return conv(x, kernel, dilation, padding)
+
+
+def _dilated_conv_fwd(x, kernel, dilation, padding):
+  return conv(x, kernel, dilation, padding), (x, kernel)
+
+
+def _dilated_conv_bwd(dilation, padding, residuals, dy):
+  x, kernel = residuals
+  dkernel = jax.vjp(lambda k: conv(x, k, dilation, padding), kernel)[1](dy)[0]
+  args = (dy, kernel, x.shape, dilation, padding)
+  if input_grad_by_matmul(x.shape, dy.shape):
+    # Other backends keep their own (cuDNN's) input gradient; the lowering keeps the branch of the platform.
+    dx = jax.lax.platform_dependent(*args[:2], cpu=lambda dy, k: conv_input_grad_matmul(dy, k, *args[2:]),
+                                    default=lambda dy, k: conv_input_grad_xla(dy, k, *args[2:]))
+  else:
+    dx = conv_input_grad_xla(*args)
+  return dx, dkernel
+
+
+dilated_conv.defvjp(_dilated_conv_fwd, _dilated_conv_bwd)
+
+
 class DilatedConv(nn.Module):
   """A 2-D convolution with kernel dilation (F *_l k)(p) = sum_{s + l t = p} F(s) k(t), NHWC in, HWIO kernel."""
 
@@ -50,23 +117,58 @@ class DilatedConv(nn.Module):
     k = self.kernel_size
     kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
     dtype = self.dtype or x.dtype
-    y = jax.lax.conv_general_dilated(
-        x.astype(dtype), kernel.astype(dtype),
-        window_strides=(self.stride, self.stride),
-        padding=conv_padding(self.padding, k, self.dilation),
-        rhs_dilation=(self.dilation, self.dilation),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    padding = conv_padding(self.padding, k, self.dilation)
+    if self.stride == 1:
+      y = dilated_conv(x.astype(dtype), kernel.astype(dtype), self.dilation, padding)
+    else:  # the DRNs' downsampling convolutions: small kernels over their input, XLA's own gradient is the fast one
+      y = jax.lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (self.stride,) * 2, padding,
+                                       rhs_dilation=(self.dilation,) * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     if self.use_bias:
       y = y + self.param('bias', self.bias_init, (self.features,), self.param_dtype).astype(dtype)
     return y
 
 
+def _pool_windows(x):
+  """The four cells of every 2x2 window, (top left, top right, bottom left, bottom right), an odd side padded with
+  -inf (which never wins: every window holds a cell of the map)."""
+  x = jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0)), constant_values=-jnp.inf)
+  return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+
+
+@jax.custom_vjp
 def max_pool_ceil(x):
-  """Caffe's 2x2 stride-2 max pooling, which rounds the output size up: an odd side gets ceil(n / 2) cells."""
+  """Caffe's 2x2 stride-2 max pooling, which rounds the output size up: an odd side gets ceil(n / 2) cells.
+
+  The gradient goes to the first maximum of each window in row-major order, as Caffe's and lax.reduce_window's do;
+  computed here from the window's four cells in one elementwise pass, where XLA's CPU backend expands the
+  select-and-scatter of reduce_window's gradient into a loop 3x slower than PyTorch's pooling (docs/results).
+  """
   pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
   return jax.lax.reduce_window(
       x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
       ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+
+
+def _max_pool_fwd(x):
+  return max_pool_ceil(x), x
+
+
+def _max_pool_bwd(x, g):
+  cells = _pool_windows(x)
+  y = functools.reduce(jnp.maximum, cells)
+  taken = jnp.zeros(y.shape, bool)
+  grads = []
+  for cell in cells:
+    first = (cell == y) & ~taken
+    taken = taken | first
+    grads.append(jnp.where(first, g, 0).astype(g.dtype))
+  top, bottom = jnp.stack(grads[:2], axis=3), jnp.stack(grads[2:], axis=3)  # (n, h', w', 2, c): the columns
+  n, h2, w2, c = y.shape
+  dx = jnp.stack([top, bottom], axis=2).reshape(n, 2 * h2, 2 * w2, c)  # (n, h', 2, w', 2, c): rows then columns
+  return (dx[:, :x.shape[1], :x.shape[2]],)
+
+
+max_pool_ceil.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def zoom_taps(n_in: int, n_out: int, zoom: int):
