@@ -426,7 +426,7 @@ def render(results: list[dict], command: str) -> str:
                    f"{s['flops'] / o / 1e9:.0f} GFLOP/s, {100 * s['flops'] / o / r['peak_flops']:.0f}% |")
   for r in results:
     for s in r['steps']:
-      lines += ['', f"## {step_name(s)}: where the time goes", '',
+      lines += ['', f'## {step_name(s)}: where the time goes', '',
                 'Each convolution alone (no bias) at the step\'s shapes, ms (GFLOP/s). Input gradient: ours as XLA '
                 'derives it (a convolution of the padded output gradient) and as `conv_input_grad_matmul`; **bold** '
                 'is the one the model runs here (`layers.input_grad_by_matmul`). The first layer reads the batch: '
