@@ -96,8 +96,8 @@ def test_paper_config_trains_from_the_stage_before_and_evaluates_on_fixture_data
   assert ('context_module' in params) == (cfg.stage != 'frontend')
   if cfg.stage == 'context':  # the Large module's layers are 2C .. 32C wide (Table 1)
     widths = [params['context_module'][k]['kernel'].shape[-1] for k in sorted(params['context_module'])]
-    assert widths == [cfg.model.num_classes * m for m in cfg.model.context.channel_multipliers] + [
-        cfg.model.num_classes]
+    multipliers = cfg.model.context.channel_multipliers or (1,) * len(cfg.model.context.dilations)  # () is Basic
+    assert widths == [cfg.model.num_classes * m for m in multipliers] + [cfg.model.num_classes]
   if spec in PREVIOUS:  # started from the stage before: what it trained is kept (context) or moved a little
     before = checkpoint.load_params(runs(PREVIOUS[spec])[2], 'latest')
     if cfg.stage == 'context':
