@@ -160,3 +160,25 @@ def entry_point(main):
       sys.exit(2)
 
   return wrapped
+
+
+def define_crf_flags():
+  """--crf and --crf_params, of evaluate and predict."""
+  from absl import flags
+
+  flags.DEFINE_bool('crf', False, 'refine the probabilities with the dense CRF (arXiv 1511.07122 section 5, '
+                    '"+ CRF"; the crf extra)')
+  flags.DEFINE_string('crf_params', None, 'the CRF parameters `python -m dilated_jax.crf_search` wrote (implies '
+                      "--crf; default: DeepLab's, dilated_jax.dense_crf.DenseCRFParams)")
+
+
+def crf_from_flags():
+  """The dense CRF's parameters that --crf / --crf_params ask for, or None."""
+  from absl import flags
+
+  from dilated_jax import crf_search, dense_crf
+
+  if not (flags.FLAGS.crf or flags.FLAGS.crf_params):
+    return None
+  dense_crf.library()  # not installed: said now, not by the first worker after the network ran
+  return crf_search.read_params(flags.FLAGS.crf_params) if flags.FLAGS.crf_params else dense_crf.DenseCRFParams()

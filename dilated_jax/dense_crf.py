@@ -87,7 +87,7 @@ def check_pair(probs: np.ndarray, image: np.ndarray):
 def refine(probs: np.ndarray, image: np.ndarray, params: DenseCRFParams) -> np.ndarray:
   """Mean-field marginals Q (H, W, C) float32 of the dense CRF whose unaries are -log probs."""
   check_pair(probs, image)
-  dcrf = _densecrf()
+  dcrf = library()
   h, w, c = probs.shape
   crf = dcrf.DenseCRF2D(w, h, c)
   # -log P, with P floored at float32's smallest normal number: an underflowed 0 would be an infinite energy.
@@ -102,7 +102,7 @@ def refine(probs: np.ndarray, image: np.ndarray, params: DenseCRFParams) -> np.n
   return q.T.reshape(h, w, c)
 
 
-def _densecrf():
+def library():
   """pydensecrf2 is the `crf` extra (a C++ build at install; docs/decisions.md): imported where it is used."""
   try:
     import pydensecrf.densecrf as dcrf  # pylint: disable=import-outside-toplevel

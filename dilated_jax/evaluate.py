@@ -1,10 +1,11 @@
 """Full-image evaluation of a training run with the authors' test-time tiling (fyu/dilation test.py, test_image).
 
-  python -m dilated_jax.evaluate --workdir=DIR [--split=test] [--checkpoint=best|latest]
+  python -m dilated_jax.evaluate --workdir=DIR [--split=test] [--checkpoint=best|latest] [--crf [--crf_params=F]]
 
 The network, dataset and tiles are those of DIR/config.json, the run's own config (`--config.eval.tile=...` and any
 other field overridable; `--config=experiments/X.py:ARG` gives another config). Prints the per-class IoU table in
-the paper's column order and writes it as JSON in DIR/eval/.
+the paper's column order and writes it as JSON in DIR/eval/ (SPLIT_CHECKPOINT.json; with --crf, the dense CRF's
+labels: SPLIT_CHECKPOINT_crf.json, the "+ CRF" rows of `tables`).
 """
 
 import os
@@ -26,18 +27,25 @@ def main(argv):
   cfg = FLAGS.config
   info = datasets.dataset_info(cfg.data)
   source = datasets.get_source(cfg.data, FLAGS.split)
+  crf = cli.crf_from_flags()
   predictor, params = restore(FLAGS.workdir, FLAGS.checkpoint, cfg, info, sharding.make_mesh())
   if jax.process_index() == 0:  # where the result goes, before the evaluation
     cli.check_writable(os.path.join(FLAGS.workdir, 'eval'), '--workdir')
-  result = evaluate(predictor, params, source, info, cfg.eval.batch_size,
-                    pipeline.resolve_workers(cfg.data.workers))
+  workers = pipeline.resolve_workers(cfg.data.workers)
+  result = evaluate(predictor, params, source, info, cfg.eval.batch_size, workers, crf=crf,
+                    boundary_width=cfg.eval.boundary_width)
   result.update(split=FLAGS.split, checkpoint=FLAGS.checkpoint, workdir=os.path.abspath(FLAGS.workdir),
                 dataset=cfg.data.name, protocol='full images, tiled as fyu/dilation test.py, mIoU over classes present')
-  print(report(result, info, f'{cfg.data.name} {FLAGS.split}'))
-  print(f'mIoU {100 * result["miou"]:.2f}  pixel accuracy {100 * result["pixel_accuracy"]:.2f}  '
+  if crf:
+    result['crf_params_file'] = os.path.abspath(FLAGS.crf_params) if FLAGS.crf_params else None
+  title = f'{cfg.data.name} {FLAGS.split}' + (' + CRF' if crf else '')
+  print(report(result, info, title))
+  boundary = (f'  within {result["boundary_width"]} px of label edges {100 * result["boundary_miou"]:.2f}'
+              if 'boundary_miou' in result else '')
+  print(f'mIoU {100 * result["miou"]:.2f}{boundary}  pixel accuracy {100 * result["pixel_accuracy"]:.2f}  '
         f'({len(source)} images)')
   if jax.process_index() == 0:
-    out = os.path.join(FLAGS.workdir, 'eval', f'{FLAGS.split}_{FLAGS.checkpoint}.json')
+    out = os.path.join(FLAGS.workdir, 'eval', f'{FLAGS.split}_{FLAGS.checkpoint}{"_crf" if crf else ""}.json')
     files.write_json(out, result)
     logging.info('wrote %s', out)
 
@@ -48,5 +56,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'workdir of the training run to evaluate')
   flags.DEFINE_string('split', 'test', 'dataset split')
   flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'which checkpoint of the workdir')
+  cli.define_crf_flags()
   flags.mark_flags_as_required(['workdir'])
   cli.run(main, config_from='workdir')

@@ -4,6 +4,7 @@ The library side of `evaluate`, `predict`, `figure` and the training loop's eval
 test_image).
 """
 
+import collections
 import functools
 import math
 
@@ -15,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from dilated_jax import InputError, checkpoint, metrics, progress, sharding, weights
+from dilated_jax import InputError, checkpoint, dense_crf, metrics, progress, sharding, weights
 from dilated_jax.data import pipeline, tiling
 from dilated_jax.models import build_model, label_offset, upsample_probabilities
 
@@ -86,9 +87,9 @@ class Predictor:
     repl, rows = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
     full = (grid[0] * self.tile[0], grid[1] * self.tile[1])
 
-    def confusion(params, tiles, labels, num_classes):
+    def confusion(params, tiles, label_sets, num_classes):
       preds = jnp.argmax(self._upsampled(self._tile_scores(params, tiles), grid, full), axis=-1)
-      return metrics.confusion_matrix(labels, preds, num_classes)
+      return jnp.stack([metrics.confusion_matrix(labels, preds, num_classes) for labels in label_sets])
 
     return (jax.jit(self._tile_scores, in_shardings=(repl, rows), out_shardings=rows),
             jax.jit(lambda scores, out_hw: self._upsampled(scores, grid, out_hw), in_shardings=(rows,),
@@ -114,10 +115,12 @@ class Predictor:
     return [p[:im.shape[0], :im.shape[1]] for p, im in zip(probs, images)]
 
   def confusion(self, params, grid, local: dict, num_classes: int):
-    """(C, C) confusion matrix (on device) of a batch tiled on `grid`, of which `local` holds this process's rows
-    ('tiles', and 'labels' at full resolution padded to the grid), as `Tiling.batch` makes them."""
+    """(K, C, C) confusion matrices (on device) of a batch tiled on `grid`, of which `local` holds this process's
+    rows ('tiles', 'labels' at full resolution padded to the grid and maybe 'boundary_labels'), as `Tiling.batch`
+    makes them: one per label set, the boundary band's second."""
     batch = sharding.global_batch(self.mesh, local)
-    return self._jitted(grid)[2](params, batch['tiles'], batch['labels'], num_classes)
+    label_sets = tuple(batch[k] for k in ('labels', 'boundary_labels') if k in batch)
+    return self._jitted(grid)[2](params, batch['tiles'], label_sets, num_classes)
 
 
 def restore(workdir: str, which: str, cfg: ml_collections.ConfigDict, info, mesh):
@@ -131,38 +134,95 @@ def restore(workdir: str, which: str, cfg: ml_collections.ConfigDict, info, mesh
   return predictor, jax.device_put(params, sharding.replicated(mesh))
 
 
-def evaluate(predictor: Predictor, params, source, info, batch_size: int, workers: int = 0,
-             stop=None) -> dict | None:
-  """Confusion matrix, per-class IoU, mIoU and pixel accuracy of `params` on every image of `source`.
+def evaluate(predictor: Predictor, params, source, info, batch_size: int, workers: int = 0, stop=None,
+             boundary_width: int = 0, crf: dense_crf.DenseCRFParams | None = None) -> dict | None:
+  """Confusion matrix, per-class IoU, mIoU and pixel accuracy of `params` on every image of `source`; with
+  `boundary_width` > 0 the same within that many pixels of label edges ('boundary_iou', 'boundary_miou'); with `crf`
+  the dense CRF's labels instead of the network's (section 5's "+ CRF").
 
   Batches of `batch_size` images in dataset order (the last filled up with blank images whose labels are all void)
-  are read, decoded and tiled by `workers` processes (0: a thread here) while the devices run the previous ones.
-  `stop()` is asked between batches: when it is true (a SIGTERM) the evaluation is abandoned and None returned, so
-  that a preempted run exits within a batch, not after a whole validation set.
+  are read, decoded and tiled by `workers` processes (0: a thread here) while the devices run the previous ones; the
+  CRF runs in `workers` processes of its own, on the probabilities on the host. `stop()` is asked between batches:
+  when it is true (a SIGTERM) the evaluation is abandoned and None returned, so that a preempted run exits within a
+  batch, not after a whole validation set.
   """
+  if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 0:
+    raise InputError(f'eval.boundary_width: expected a whole number of pixels >= 0, got {boundary_width!r}')
   batch_size = math.ceil(batch_size / predictor.mesh.size) * predictor.mesh.size
-  read = tiling.TiledBatches(source, predictor.tiling, batch_size, sharding.process_rows(batch_size))
-  confusion = jnp.zeros((info.num_classes, info.num_classes), jnp.int32)
-  done = progress.Progress('evaluation', len(source), main=jax.process_index() == 0)
+  confusion = 0  # summed where the parts are: on device (the network's), on the host (the CRF's)
+  done = progress.Progress('evaluation' + (' + CRF' if crf else ''), len(source), main=jax.process_index() == 0)
+  run = _crf_confusions if crf else _network_confusions
+  parts = run(predictor, params, source, info.num_classes, batch_size, workers, boundary_width, crf)
+  seen = 0
+  try:
+    for images, part in parts:
+      if stop is not None and stop():
+        logging.warning('evaluation abandoned after %d of %d images (SIGTERM)', seen, len(source))
+        return None
+      confusion = confusion + part
+      seen += images
+      done.update(images)
+  finally:
+    parts.close()  # the worker processes, also when a record fails
+  sets = 2 if boundary_width > 0 else 1
+  confusion = np.asarray(jax.device_get(confusion)) + np.zeros((sets, info.num_classes, info.num_classes), np.int64)
+  if crf:  # each process refined its own rows
+    confusion = np.asarray(multihost_utils.process_allgather(confusion)).reshape((-1,) + confusion.shape).sum(0)
+  result = metrics.scores(confusion[0])
+  out = {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy'], 'iou': _named(info.class_names, result),
+         'confusion': confusion[0].tolist(), 'num_images': len(source)}
+  if boundary_width > 0:
+    boundary = metrics.scores(confusion[1])
+    out.update(boundary_width=boundary_width, boundary_miou=boundary['miou'],
+               boundary_iou=_named(info.class_names, boundary))
+  if info.categories:  # Cityscapes: category IoU (Table 8)
+    categories = metrics.scores(metrics.category_confusion(confusion[0], info.class_names, info.categories))
+    out.update(category_iou=_named([c for c, _ in info.categories], categories), category_miou=categories['miou'])
+  if crf:
+    out['crf'] = crf.to_dict()
+  return out
+
+
+def _network_confusions(predictor, params, source, num_classes, batch_size, workers, boundary_width, crf):
+  """(images, (K, C, C) confusions on device) of each batch: tiles and labels from worker processes, argmax on
+  device."""
+  del crf
+  read = tiling.TiledBatches(source, predictor.tiling, batch_size, sharding.process_rows(batch_size),
+                             boundary_width=boundary_width)
   batches = pipeline.ordered_map(read, range(len(read)), workers)
   try:
     for b, local in enumerate(batches):
-      if stop is not None and stop():
-        logging.warning('evaluation abandoned after %d of %d images (SIGTERM)', b * batch_size, len(source))
-        return None
       grid = tuple(int(g) for g in local.pop('grid'))
-      confusion = confusion + predictor.confusion(params, grid, local, info.num_classes)
-      done.update(min(batch_size, len(source) - b * batch_size))
+      yield min(batch_size, len(source) - b * batch_size), predictor.confusion(params, grid, local, num_classes)
   finally:
-    batches.close()  # the worker processes, also when a record fails
-  confusion = np.asarray(jax.device_get(confusion))
-  result = metrics.scores(confusion)
-  out = {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy'], 'iou': _named(info.class_names, result),
-         'confusion': confusion.tolist(), 'num_images': len(source)}
-  if info.categories:  # Cityscapes: category IoU (Table 8)
-    categories = metrics.scores(metrics.category_confusion(confusion, info.class_names, info.categories))
-    out.update(category_iou=_named([c for c, _ in info.categories], categories), category_miou=categories['miou'])
-  return out
+    batches.close()
+
+
+def _crf_confusions(predictor, params, source, num_classes, batch_size, workers, boundary_width, crf):
+  """(1, (K, C, C) confusions) of each image of this process's rows after the dense CRF: the network's
+  full-resolution probabilities and the RGB image go to `workers` CRF processes (one pool for the whole split),
+  the labels come back."""
+  rows = sharding.process_rows(batch_size)
+  labels = collections.deque()  # those of the images whose CRF is in flight, in order
+
+  def tasks():
+    for b in range(math.ceil(len(source) / batch_size)):
+      pairs = [source[i] for i in range(b * batch_size, min((b + 1) * batch_size, len(source)))]
+      images = [p[0] for p in pairs] + [np.zeros_like(pairs[0][0])] * (batch_size - len(pairs))
+      probs = predictor.probabilities(params, images)  # every process takes part, rows or not
+      for j in range(batch_size)[rows]:
+        if j < len(pairs):
+          labels.append(pairs[j][1])
+          yield probs[j], images[j], crf
+
+  refined = dense_crf.ordered_map(dense_crf.refine_labels, tasks(), workers)
+  try:
+    for pred in refined:
+      label = labels.popleft()
+      sets = [label] + ([tiling.boundary_labels(label, boundary_width)] if boundary_width > 0 else [])
+      yield 1, np.stack([metrics.confusion_matrix(s, pred, num_classes) for s in sets])
+  finally:
+    refined.close()
 
 
 def _named(names, result) -> dict:

@@ -7,7 +7,13 @@ from dilated_jax.data.info import IGNORE_LABEL
 
 
 def confusion_matrix(labels, preds, num_classes: int):
-  """(C, C) int32 counts, rows = ground truth, columns = prediction; IGNORE_LABEL pixels are left out."""
+  """(C, C) int32 counts, rows = ground truth, columns = prediction; IGNORE_LABEL pixels are left out. numpy arrays
+  are counted by numpy (int64): on the host, an image of a new size compiles nothing."""
+  if isinstance(labels, np.ndarray) and isinstance(preds, np.ndarray):
+    labels, preds = labels.reshape(-1).astype(np.int64), preds.reshape(-1).astype(np.int64)
+    valid = labels != IGNORE_LABEL
+    return np.bincount(labels[valid] * num_classes + preds[valid], minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
   labels, preds = labels.reshape(-1).astype(jnp.int32), preds.reshape(-1).astype(jnp.int32)
   valid = labels != IGNORE_LABEL
   index = jnp.where(valid, labels * num_classes + preds, 0)

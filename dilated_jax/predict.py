@@ -12,7 +12,8 @@ gives the network, dataset mean, palette and test tile (fyu/dilation predict.py 
 OUT/<stem>.png (class colours in the dataset's palette, as the authors' predict.py), OUT/<stem>_overlay.png (the
 colours over the image) and, with --save_probs, OUT/<stem>.npy: (H, W, C) float32 full-resolution probabilities:
 BGR minus the mean, reflection padding 186, the preset's tiles, softmax, x8 zoom (or Cityscapes' bilinear
-deconvolution).
+deconvolution). --crf (or --crf_params=FILE from crf_search) refines them with the dense CRF first: the PNGs are its
+labels and the .npy its marginals.
 """
 
 import math
@@ -25,7 +26,7 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from dilated_jax import InputError, checkpoint, cli, images, sharding, weights
+from dilated_jax import InputError, checkpoint, cli, dense_crf, images, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax.data.info import DATASETS, IMAGE_MODES
 from dilated_jax.inference import Predictor
@@ -119,15 +120,22 @@ def main(argv):
   if not paths:
     raise InputError('no images given: expected image files after the flags')
   stems = output_stems(paths, FLAGS.output_dir, ('.png', '_overlay.png') + (('.npy',) if FLAGS.save_probs else ()))
+  crf = cli.crf_from_flags()
   model_cfg, info, tile, params, with_context, tiles_per_device = network()
   pictures = [read_image(p, tile, FLAGS.max_pixels) for p in paths]  # every file is checked before anything is written
   cli.check_writable(FLAGS.output_dir, '--output_dir')
   mesh = sharding.make_mesh()
   predictor = Predictor(model_cfg, info, tile, mesh, with_context=with_context, tiles_per_device=tiles_per_device)
   params = jax.device_put(params, sharding.replicated(mesh))
-  for path, image, stem in zip(paths, pictures, stems):
-    fill = [np.zeros_like(image)] * (mesh.size - 1)  # one image per call, the batch filled up per device
-    probs = predictor.probabilities(params, [image] + fill)[0]
+
+  def probabilities():
+    for image in pictures:
+      fill = [np.zeros_like(image)] * (mesh.size - 1)  # one image per call, the batch filled up per device
+      yield predictor.probabilities(params, [image] + fill)[0]
+
+  # With --crf the marginals of the dense CRF, in worker processes while the network runs the next images.
+  refined = dense_crf.refine_all(zip(probabilities(), pictures), crf) if crf else probabilities()
+  for path, image, stem, probs in zip(paths, pictures, stems, refined):
     labels = probs.argmax(-1)
     colours = images.colourise(labels, info.palette)
     images.write_png(stem + '.png', colours)
@@ -152,5 +160,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('tiles_per_device', 8, 'with --preset: tiles a device runs at once (memory bound); with '
                        '--config: its eval.tiles_per_device', lower_bound=1)
   flags.DEFINE_bool('save_probs', False, 'also write <stem>.npy: full-resolution class probabilities')
+  cli.define_crf_flags()
   flags.mark_flags_as_required(['output_dir'])
   cli.run(main, config_from='workdir')

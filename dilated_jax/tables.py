@@ -31,19 +31,23 @@ def paper_row(table: int, run: dict) -> str | None:
   the data its front end saw; None where the paper gives no figure for such a run.
 
   VOC (section 5): Table 2 is the front end trained on VOC + SBD (test only); Tables 3 (val) and 4 (test) build on
-  the COCO-trained front end, with Basic and Large modules on val and the Large one ('Context') on test. The urban
-  datasets' Dilation7/8/10 are front end + context module (section 6): a front end alone has no figure.
+  the COCO-trained front end, with Basic and Large modules on val and the Large one ('Context') on test, each also
+  with the dense CRF (run['crf'] == 'dense': the "+ CRF" rows; on test only the Large one's). The urban datasets'
+  Dilation7/8/10 are front end + context module (section 6): a front end alone, or with a CRF, has no figure.
   """
-  stage, context, training = run.get('stage'), run.get('context'), run.get('training')
+  stage, context, training, crf = run.get('stage'), run.get('context'), run.get('training'), run.get('crf')
   if table == 2:
-    return 'Our front end' if stage == 'frontend' and training == 'voc_sbd' else None
+    return 'Our front end' if stage == 'frontend' and training == 'voc_sbd' and not crf else None
   if table in (3, 4):
     if training != 'coco':
       return None
+    if table == 3:
+      row = 'Front end' if stage == 'frontend' else {'basic': 'Front + Basic', 'large': 'Front + Large'}.get(context)
+      return row and row + (' + CRF' if crf else '')
     if stage == 'frontend':
-      return 'Front end'
-    return {3: {'basic': 'Front + Basic', 'large': 'Front + Large'}, 4: {'large': 'Context'}}[table].get(context)
-  if stage not in ('context', 'joint'):
+      return None if crf else 'Front end'
+    return {'large': 'Context + CRF' if crf else 'Context'}.get(context)
+  if stage not in ('context', 'joint') or crf:
     return None
   return {5: 'Dilation8', 6: 'Dilation7', 7: run.get('split'), 8: run.get('split')}[table]
 
@@ -70,7 +74,8 @@ def training_data(config: dict, seen=()) -> str | None:
 
 def load_runs(workdirs) -> list[dict]:
   """One entry per evaluation JSON: name (the workdir's name), dataset, split, stage, context ('basic', 'large' or
-  None), training (VOC: `training_data`), per-class IoU, mIoU."""
+  None), training (VOC: `training_data`), crf ('dense' when evaluated with the dense CRF, else None), per-class IoU,
+  mIoU."""
   runs = []
   for workdir in workdirs:
     paths = sorted(glob.glob(os.path.join(workdir, 'eval', '*.json')))
@@ -89,7 +94,8 @@ def load_runs(workdirs) -> list[dict]:
           name=f'{os.path.basename(os.path.normpath(workdir))} ({os.path.splitext(os.path.basename(path))[0]})',
           dataset=result.get('dataset') or config.get('data', {}).get('name'), split=result['split'], stage=stage,
           context=None if stage == 'frontend' else 'large' if max(multipliers, default=1) > 1 else 'basic',
-          training=training_data(config), iou=result['iou'], miou=result['miou'],
+          training=training_data(config), crf='dense' if result.get('crf') else None, iou=result['iou'],
+          miou=result['miou'],
           category_iou=result.get('category_iou'), category_miou=result.get('category_miou')))
   return runs
 

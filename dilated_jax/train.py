@@ -476,7 +476,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   if stop:
     raise SystemExit(128 + signal.SIGTERM)
   if result is None:  # resumed after the last step: evaluate the final parameters again
-    result = evaluate(run.predictor, state['params'], run.val_source, run.info, cfg.eval.batch_size, run.workers)
+    result = evaluate(run.predictor, state['params'], run.val_source, run.info, cfg.eval.batch_size, run.workers,
+                      boundary_width=cfg.eval.boundary_width)
   result.update(split=cfg.eval.split, step=cfg.total_steps, stage=cfg.stage, dataset=cfg.data.name)
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, 'eval', f'{cfg.eval.split}_final.json'), result)
@@ -507,10 +508,10 @@ def evaluate_and_record(cfg, run: Run, params, step: int, log: Log, mngr, workdi
   """The evaluation of `step` (None when a SIGTERM abandoned it): logged, drawn for TensorBoard, and, on validation
   data only (never on the test set), recorded for the choice of the 'best' checkpoint."""
   result = evaluate(run.predictor, params, run.val_source, run.info, cfg.eval.batch_size, run.workers,
-                    stop=preemption.during_evaluation())
+                    stop=preemption.during_evaluation(), boundary_width=cfg.eval.boundary_width)
   if result is None:
     return None
-  log.write(step, {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, cfg.eval.split)
+  log.write(step, {k: result[k] for k in ('miou', 'pixel_accuracy', 'boundary_miou') if k in result}, cfg.eval.split)
   if cfg.eval.tensorboard_images:
     log.images(step, prediction_pictures(run, params, cfg.eval.tensorboard_images, cfg.eval.split))
   if cfg.eval.split != 'test':

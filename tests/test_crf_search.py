@@ -3,8 +3,10 @@ and the parameter file written and read back, a bad one refused in one line."""
 
 import json
 import os
+import re
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from dilated_jax import InputError, crf_search, dense_crf
@@ -90,3 +92,50 @@ def test_bad_grids_name_the_field():
     with pytest.raises(InputError, match=named):
       crf_search.grid_points(grid, base)
   assert len(crf_search.grid_points(crf_search.GRID, base)) == 3 * 4 * 3
+
+
+@pytest.mark.slow
+def test_search_then_evaluate_and_predict_with_its_parameters_from_the_command_line(tmp_path):
+  """train -> crf_search (its table, the file) -> evaluate --crf_params (the "+ CRF" result) -> predict --crf; a bad
+  grid or parameter file is one line before the network runs."""
+  from test_train import run_module
+
+  cfg_flags = ['--config=experiments/synthetic.py:stage=frontend', '--config.data.synthetic.image_size=32',
+               '--config.data.synthetic.frame_width=2', '--config.data.synthetic.frame_distance=4',
+               '--config.model.front_end.block_channels=(4,8)', '--config.model.front_end.fc_channels=8',
+               '--config.eval.tile=(32,32)', '--config.data.synthetic.val_size=4', '--config.data.workers=0']
+  work = str(tmp_path / 'run')
+  r = run_module('dilated_jax.train', *cfg_flags, f'--workdir={work}', '--config.total_steps=2',
+                 '--config.data.synthetic.train_size=8')
+  assert r.returncode == 0, r.stderr[-2000:]
+  grid = '{"theta_alpha": [10, 80], "theta_beta": [5], "w_bilateral": [0, 4]}'
+  r = run_module('dilated_jax.crf_search', *cfg_flags, f'--workdir={work}', '--images=3', f'--grid={grid}')
+  assert r.returncode == 0, r.stderr[-2000:]
+  points = re.findall(r'^\| (10|80) \| 5 \| 3 \| (0|4) \| 3 \| 10 \| [\d.]+ \|$', r.stdout, re.M)
+  assert '| no CRF |' in r.stdout and sorted(points) == [('10', '0'), ('10', '4'), ('80', '0'), ('80', '4')]
+  record = json.load(open(os.path.join(work, 'crf', 'params.json')))
+  assert record['images'] == [0, 2, 3] and len(record['table']) == 1 + 4
+  best = max(record['table'][1:], key=lambda row: row['miou'])
+  assert record['params'] == {k: v for k, v in best.items() if k not in ('crf', 'miou')}
+  params_file = os.path.join(work, 'crf', 'params.json')
+  r = run_module('dilated_jax.evaluate', *cfg_flags, f'--workdir={work}', '--split=val', f'--crf_params={params_file}')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert '| val + CRF |' in r.stdout.replace('synthetic val + CRF', 'val + CRF')
+  result = json.load(open(os.path.join(work, 'eval', 'val_best_crf.json')))
+  assert result['crf'] == record['params'] and result['crf_params_file'] == params_file
+  assert result['num_images'] == 4 and 0 <= result['boundary_miou'] <= 1
+  scene = tmp_path / 'scene.png'
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3)).astype(np.uint8)).save(scene)
+  r = run_module('dilated_jax.predict', *cfg_flags, f'--workdir={work}', f'--output_dir={tmp_path}/pred', '--crf',
+                 '--save_probs', str(scene))
+  assert r.returncode == 0, r.stderr[-2000:]
+  marginals = np.load(tmp_path / 'pred' / 'scene.npy')
+  assert marginals.shape == (40, 48, 5) and np.allclose(marginals.sum(-1), 1, atol=1e-4)
+  for flag, message in (('--grid={"theta_beta": [0]}', 'crf.theta_beta: expected a kernel width > 0'),
+                        ('--grid=[1]', '--grid: expected a JSON object')):
+    r = run_module('dilated_jax.crf_search', *cfg_flags, f'--workdir={work}', flag)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith('error: ' + message), r.stderr[-2000:]
+  (tmp_path / 'bad.json').write_text('{"params": {"theta_alpha": -1}}')
+  r = run_module('dilated_jax.evaluate', *cfg_flags, f'--workdir={work}', f'--crf_params={tmp_path}/bad.json')
+  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+      f'error: {tmp_path}/bad.json: crf.theta_alpha: expected a kernel width > 0, got -1'), r.stderr[-2000:]

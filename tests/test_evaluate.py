@@ -1,5 +1,6 @@
 """Evaluation against the labels themselves: a network whose scores are the one-hot labels that training gives its
-cells reproduces the labels through the whole evaluation (margin, tiles, stitching, upsampling, cropping, confusion)."""
+cells reproduces the labels through the whole evaluation (margin, tiles, stitching, upsampling, cropping, confusion);
+the boundary measure and the dense CRF's evaluation against their numpy computation."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dilated_jax import sharding
+from dilated_jax import dense_crf, sharding
+from dilated_jax.data import tiling
 from dilated_jax.data.info import DATASETS, IGNORE_LABEL
 from dilated_jax.inference import Predictor, evaluate
 from dilated_jax.models import label_offset, model_config
@@ -56,3 +58,90 @@ def test_labels_read_at_the_training_offset_come_back_through_evaluate(mode):
     miou[offset] = result['miou']
   ours, other = miou[label_offset(mode, 8)], miou[4 - label_offset(mode, 8)]
   assert ours > 0.9 and ours > other + 0.05, miou
+
+
+def brute_force_band(label: np.ndarray, width: int) -> np.ndarray:
+  """From the definition: a pixel is an edge when a 4-neighbour inside the image has another label; the band is
+  every pixel at most `width` rows and `width` columns from an edge pixel."""
+  h, w = label.shape
+  edges = [(y, x) for y in range(h) for x in range(w)
+           if any(0 <= y + dy < h and 0 <= x + dx < w and label[y + dy, x + dx] != label[y, x]
+                  for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)))]
+  band = np.zeros((h, w), bool)
+  for y in range(h):
+    for x in range(w):
+      band[y, x] = any(abs(y - ey) <= width and abs(x - ex) <= width for ey, ex in edges)
+  return band
+
+
+def test_boundary_band_is_the_pixels_within_its_width_of_a_label_edge():
+  rng = np.random.default_rng(1)
+  label = rng.integers(0, 3, (4, 5)).repeat(4, 0).repeat(3, 1).astype(np.uint8)  # 16 x 15 blocks: straight edges
+  label[5, 7] = IGNORE_LABEL  # a void pixel is another label: VOC outlines objects with void
+  for width in (0, 1, 3):
+    np.testing.assert_array_equal(tiling.boundary_band(label, width), brute_force_band(label, width))
+  band = tiling.boundary_labels(label, 2)
+  np.testing.assert_array_equal(band, np.where(brute_force_band(label, 2), label, IGNORE_LABEL))
+  assert not tiling.boundary_band(np.zeros((6, 7), np.uint8), 2).any()  # one label: the image's border is no edge
+
+
+class PixelScores(nn.Module):
+  """Class scores of each cell: a learned linear map of the input pixel the cell's block starts at."""
+
+  margin: int
+  stride: int
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    m, s = self.margin, self.stride
+    cells = [(n - 2 * m) // s for n in x.shape[1:3]]
+    return nn.Dense(self.num_classes)(x[:, m:m + s * cells[0]:s, m:m + s * cells[1]:s] / 40.0)
+
+
+def test_evaluate_with_boundary_band_and_dense_crf_counts_as_numpy_does():
+  """The boundary measure and the dense CRF's labels through evaluate equal their numpy computation from the same
+  probabilities: three images in batches of two (the last one filled up), the CRF in two worker processes."""
+  rng = np.random.default_rng(2)
+  info, hw = DATASETS['camvid'], (40, 48)
+  c = info.num_classes
+  cfg = model_config('camvid')
+  predictor = Predictor(cfg, info, (24, 24), sharding.make_mesh(jax.devices()[:1]), with_context=False)
+  predictor.model = PixelScores(predictor.margin, predictor.stride, c)
+  size = 2 * predictor.margin + 24
+  params = predictor.model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))['params']
+  pairs = []
+  for _ in range(3):
+    label = rng.integers(0, c, (3, 3)).repeat(16, 0).repeat(16, 1)[:hw[0], :hw[1]].astype(np.uint8)
+    label[:5, :7] = IGNORE_LABEL
+    image = np.clip(40 * label[..., None] + rng.normal(0, 30, hw + (3,)), 0, 255).astype(np.uint8)
+    pairs.append((image, label))
+  crf = dense_crf.DenseCRFParams(theta_alpha=20.0, theta_beta=10.0, iterations=5)
+  probs = [predictor.probabilities(params, [image])[0] for image, _ in pairs]
+
+  def reference(preds, width=None):
+    labels = [label if width is None else tiling.boundary_labels(label, width) for _, label in pairs]
+    return sum(confusion_by_loops(y, p, c) for y, p in zip(labels, preds))
+
+  plain = [p.argmax(-1) for p in probs]
+  refined = [dense_crf.refine_labels(p, image, crf) for p, (image, _) in zip(probs, pairs)]
+  ours = evaluate(predictor, params, pairs, info, batch_size=2, boundary_width=2)
+  theirs = evaluate(predictor, params, pairs, info, batch_size=2, workers=2, boundary_width=2, crf=crf)
+  np.testing.assert_array_equal(ours['confusion'], reference(plain))
+  np.testing.assert_array_equal(theirs['confusion'], reference(refined))
+  for result, preds in ((ours, plain), (theirs, refined)):
+    boundary = reference(preds, 2)
+    assert 0 < boundary.sum() < 0.75 * result['num_images'] * hw[0] * hw[1]  # the band, not the image
+    expected = np.nanmean([boundary[k, k] / (boundary[k].sum() + boundary[:, k].sum() - boundary[k, k])
+                           if boundary[k].sum() + boundary[:, k].sum() else np.nan for k in range(c)])
+    assert result['boundary_miou'] == pytest.approx(expected) and result['boundary_width'] == 2
+  assert theirs['crf'] == crf.to_dict() and 'crf' not in ours
+  assert not np.array_equal(ours['confusion'], theirs['confusion'])  # the CRF changed labels: a real path
+
+
+def confusion_by_loops(label, pred, c):
+  out = np.zeros((c, c), np.int64)
+  for y, p in zip(label.ravel(), pred.ravel()):
+    if y != IGNORE_LABEL:
+      out[y, p] += 1
+  return out

@@ -15,11 +15,16 @@ from dilated_jax.paper_results import TABLES
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_eval(workdir, dataset, split, iou, stage='joint', multipliers=(1,) * 7):
-  """An evaluation JSON and a minimal config.json: a joint (front end + Basic module) run."""
+def write_eval(workdir, dataset, split, iou, stage='joint', multipliers=(1,) * 7, crf=False):
+  """An evaluation JSON (with crf, as `evaluate --crf` writes it) and a minimal config.json: a joint (front end +
+  Basic module) run."""
   os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
-  with open(os.path.join(workdir, 'eval', f'{split}_best.json'), 'w') as f:
-    json.dump({'dataset': dataset, 'split': split, 'iou': iou, 'miou': float(np.mean(list(iou.values())))}, f)
+  result = {'dataset': dataset, 'split': split, 'iou': iou, 'miou': float(np.mean(list(iou.values())))}
+  if crf:
+    result['crf'] = {'theta_alpha': 121.0, 'theta_beta': 5.0, 'theta_gamma': 3.0, 'w_bilateral': 4.0,
+                     'w_spatial': 3.0, 'iterations': 10}
+  with open(os.path.join(workdir, 'eval', f'{split}_best{"_crf" if crf else ""}.json'), 'w') as f:
+    json.dump(result, f)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     json.dump({'stage': stage, 'data': {'name': dataset}, 'model': {'context': {'channel_multipliers': multipliers}}},
               f)
@@ -53,14 +58,14 @@ def test_our_row_and_its_difference_to_the_paper(tmp_path):
   assert '| ours - Dilation8 | ' + f'{100 * iou["Building"] - paper[0]:+.1f}' in tables.markdown(columns, rows)
 
 
-def experiment_workdir(tmp_path, name, spec, split, init_from=None):
+def experiment_workdir(tmp_path, name, spec, split, init_from=None, crf=False):
   """A workdir as train leaves it: the experiment config's config.json (init_from set) and one evaluation JSON."""
   from dilated_jax import config as config_lib
   cfg = json.loads(config_lib.load(os.path.join(ROOT, spec)).to_json())
   cfg['init_from'] = init_from or ''
   workdir = str(tmp_path / name)
   dataset = cfg['data']['name']
-  write_eval(workdir, dataset, split, {n: 0.6 for n in DATASETS[dataset].class_names})
+  write_eval(workdir, dataset, split, {n: 0.6 for n in DATASETS[dataset].class_names}, crf=crf)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     json.dump(cfg, f)
   return workdir
@@ -92,6 +97,27 @@ def test_each_experiment_config_meets_the_paper_row_of_what_it_trains(tmp_path):
     for split, rows in splits.items():
       workdir = experiment_workdir(tmp_path, f'run{i}_{split}', f'experiments/{spec}', split, fronts.get(parent))
       [run] = tables.load_runs([workdir])
+      for table, row in rows.items():
+        assert tables.paper_row(table, run) == row, (spec, parent, split, table)
+
+
+def test_an_evaluation_with_the_dense_crf_meets_the_crf_row_of_what_it_trains(tmp_path):
+  """The "+ CRF" rows: every VOC val condition of Table 3, on test only Table 4's Context; no CRF row elsewhere."""
+  expected = {  # (experiment, init_from) -> {split: {table: row}}
+      ('voc_frontend.py:data=coco', None): {'val': {3: 'Front end + CRF'}, 'test': {2: None, 4: None}},
+      ('voc_frontend.py:data=voc_sbd', None): {'test': {2: None}},
+      ('voc_context.py:context=basic', 'coco'): {'val': {3: 'Front + Basic + CRF'}, 'test': {4: None}},
+      ('voc_context.py:context=large', 'coco'): {'val': {3: 'Front + Large + CRF'}, 'test': {4: 'Context + CRF'}},
+      ('camvid_dilation8.py:stage=joint', None): {'test': {5: None}},
+      ('cityscapes_dilation10.py:stage=context', None): {'val': {7: None, 8: None}},
+  }
+  coco = experiment_workdir(tmp_path, 'coco', 'experiments/voc_frontend.py:data=coco', 'val')
+  for i, ((spec, parent), splits) in enumerate(expected.items()):
+    for split, rows in splits.items():
+      workdir = experiment_workdir(tmp_path, f'run{i}_{split}', f'experiments/{spec}', split,
+                                   coco if parent else None, crf=True)
+      [run] = tables.load_runs([workdir])
+      assert run['crf'] == 'dense'
       for table, row in rows.items():
         assert tables.paper_row(table, run) == row, (spec, parent, split, table)
 
