@@ -5,19 +5,23 @@
 
 The dataset, network and tiles are the first workdir's config.json (`--config` gives another; `--config.FIELD=...`
 overrides). Colours are the dataset's palette; void (255) is black. Each workdir's best checkpoint is drawn with the
-network its parameters hold (front end alone, or with the context module).
+network its parameters hold (front end alone, or with the context module); --crf adds each one's dense-CRF column.
 """
+
+import os
 
 from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-from dilated_jax import InputError, cli, images, inference, sharding
+from dilated_jax import InputError, cli, crf_search, dense_crf, images, inference, sharding
 from dilated_jax import data as datasets
 
 
-def draw(cfg, workdirs, split: str, indices) -> np.ndarray:
-  """One row per image: image | ground truth | one prediction per workdir, 4 px apart."""
+def draw(cfg, workdirs, split: str, indices, crf: bool = False) -> np.ndarray:
+  """One row per image: image | ground truth | one prediction per workdir (with `crf`, each followed by its dense
+  CRF's labels, with the parameters crf_search wrote in WORKDIR/crf/params.json), 4 px apart."""
+  crf_params = [crf_search.read_params(os.path.join(w, 'crf', 'params.json')) for w in workdirs] if crf else []
   info = datasets.dataset_info(cfg.data)
   source = datasets.get_source(cfg.data, split)
   for i in indices:
@@ -27,11 +31,14 @@ def draw(cfg, workdirs, split: str, indices) -> np.ndarray:
   pictures = [p[0] for p in pairs]
   columns = [pictures, [images.colourise(p[1], info.palette) for p in pairs]]
   mesh = sharding.make_mesh()
-  for workdir in workdirs:
+  for k, workdir in enumerate(workdirs):
     predictor, params = inference.restore(workdir, 'best', cfg, info, mesh)
     fill = [np.zeros_like(pictures[0])] * (mesh.size - 1)  # one image per call, the batch filled up per device
     probs = [predictor.probabilities(params, [im] + fill)[0] for im in pictures]
     columns.append([images.colourise(np.argmax(p, -1).astype(np.uint8), info.palette) for p in probs])
+    if crf:
+      refined = dense_crf.refine_all(zip(probs, pictures), crf_params[k], workers=0, labels=True)
+      columns.append([images.colourise(labels, info.palette) for labels in refined])
   return images.side_by_side(zip(*columns))
 
 
@@ -42,10 +49,11 @@ def main(argv):
   if argv[1:]:
     raise InputError(f'unexpected arguments {argv[1:]}: everything is given by flags')
   indices = [int(i) for i in FLAGS.indices.split(',')]
-  picture = draw(FLAGS.config, FLAGS.workdirs.split(','), FLAGS.split, indices)
+  workdirs = FLAGS.workdirs.split(',')
+  picture = draw(FLAGS.config, workdirs, FLAGS.split, indices, FLAGS.crf)
   images.write_png(FLAGS.output, picture)
-  print(f'wrote {FLAGS.output}: {len(indices)} {FLAGS.split} images x (image, ground truth, '
-        f'{FLAGS.workdirs.replace(",", ", ")})')
+  columns = [c for w in workdirs for c in ((w, f'{w} + CRF') if FLAGS.crf else (w,))]
+  print(f'wrote {FLAGS.output}: {len(indices)} {FLAGS.split} images x (image, ground truth, {", ".join(columns)})')
 
 
 if __name__ == '__main__':
@@ -55,5 +63,7 @@ if __name__ == '__main__':
   flags.DEFINE_string('split', 'test', 'which split')
   flags.DEFINE_string('indices', '0,1,2', 'comma-separated image indices of the split')
   flags.DEFINE_string('output', None, 'the PNG to write')
+  flags.DEFINE_bool('crf', False, "after each workdir's column, its dense CRF's (WORKDIR/crf/params.json, from "
+                    'crf_search')
   flags.mark_flags_as_required(['workdirs', 'output'])
   cli.run(main, config_from='workdirs')

@@ -5,9 +5,11 @@
 
 A sweep file defines get_sweep() -> a list of runs, each a dict: name (its workdir below --workdir), config
 ('experiments/X.py:arg'), overrides ({field: value}), group (the row it counts towards), seed, and optionally
-init_from (the name of an earlier run of the sweep). Each run is `train` then `evaluate --split=test` on its best
-checkpoint; a run whose evaluation exists is skipped, so an interrupted sweep continues where it stopped. The
-results: WORKDIR/results.md and .csv (mean and spread over seeds per group) and WORKDIR/miou_vs_receptive_field.png.
+init_from (the name of an earlier run of the sweep) and crf (True: also `crf_search` on val, then `evaluate
+--crf_params` on test, counted in the row 'GROUP + CRF'). Each run is `train` then `evaluate --split=test` on its
+best checkpoint; a command whose output exists is skipped, so an interrupted sweep continues where it stopped. The
+results: WORKDIR/results.md and .csv (mean and spread over seeds per group, mIoU and the boundary measure) and
+WORKDIR/miou_vs_receptive_field.png.
 """
 
 import csv
@@ -55,16 +57,30 @@ def flag_value(value) -> str:
 
 
 def commands(run: dict, workdir: str) -> list[list[str]]:
-  """The train and evaluate command lines of one run."""
+  """The train and evaluate command lines of one run (with crf, then its search and CRF evaluation)."""
   out = os.path.join(workdir, run['name'])
   overrides = dict(run.get('overrides', {}), seed=run['seed'])
   if run.get('init_from'):
     overrides['init_from'] = os.path.join(workdir, run['init_from'])
   flags_ = [f'--config.{k}={flag_value(v)}' for k, v in overrides.items()]
   python = [sys.executable, '-m']
-  return [python + ['dilated_jax.train', f'--config={run["config"]}', f'--workdir={out}'] + flags_,
-          python + ['dilated_jax.evaluate', f'--config={run["config"]}', f'--workdir={out}', f'--split={SPLIT}',
-                    '--checkpoint=best'] + [f for f in flags_ if not f.startswith('--config.init_from')]]
+  same = [f'--config={run["config"]}', f'--workdir={out}']
+  own = same + [f for f in flags_ if not f.startswith('--config.init_from')]  # the run's config, trained
+  evaluate = python + ['dilated_jax.evaluate', *own, f'--split={SPLIT}', '--checkpoint=best']
+  out_commands = [python + ['dilated_jax.train', *same, *flags_], evaluate]
+  if run.get('crf'):
+    out_commands += [python + ['dilated_jax.crf_search', *own, '--split=val', '--checkpoint=best'],
+                     evaluate + [f'--crf_params={os.path.join(out, "crf", "params.json")}']]
+  return out_commands
+
+
+def outputs(run: dict, workdir: str) -> list[str]:
+  """What each of `commands` leaves when it is done (train: the evaluation after it)."""
+  out = os.path.join(workdir, run['name'])
+  done = [os.path.join(out, 'eval', f'{SPLIT}_best.json')] * 2
+  if run.get('crf'):
+    done += [os.path.join(out, 'crf', 'params.json'), os.path.join(out, 'eval', f'{SPLIT}_best_crf.json')]
+  return done
 
 
 def run_config(run: dict):
@@ -88,31 +104,42 @@ def receptive_field_px(run: dict) -> int:
 
 
 def summarise(runs: list[dict], workdir: str) -> list[dict]:
-  """Per group: receptive field, mIoU mean / std over seeds, the per-seed values, per-class mean IoU."""
+  """Per group (and 'GROUP + CRF' of runs with crf): receptive field, mIoU and boundary mIoU mean / std over seeds,
+  the per-seed values, per-class mean IoU."""
   groups = {}
   for run in runs:
-    path = os.path.join(workdir, run['name'], 'eval', f'{SPLIT}_best.json')
-    if not os.path.exists(path):
-      continue
-    with open(path) as f:
-      result = json.load(f)
-    g = groups.setdefault(run['group'], dict(group=run['group'], receptive_field=receptive_field_px(run), miou=[],
-                                             seeds=[], iou=[]))
-    g['miou'].append(100 * result['miou'])
-    g['seeds'].append(run['seed'])
-    g['iou'].append({k: 100 * v if v is not None else np.nan for k, v in result['iou'].items()})
+    for suffix, group in (('', run['group']), ('_crf', f'{run["group"]} + CRF')):
+      path = os.path.join(workdir, run['name'], 'eval', f'{SPLIT}_best{suffix}.json')
+      if not os.path.exists(path):
+        continue
+      with open(path) as f:
+        result = json.load(f)
+      g = groups.setdefault(group, dict(group=group, receptive_field=receptive_field_px(run), miou=[], seeds=[],
+                                        iou=[], boundary=[]))
+      g['miou'].append(100 * result['miou'])
+      g['boundary'].append(100 * result['boundary_miou'] if 'boundary_miou' in result else np.nan)
+      g['seeds'].append(run['seed'])
+      g['iou'].append({k: 100 * v if v is not None else np.nan for k, v in result['iou'].items()})
   for g in groups.values():
-    g['mean'], g['std'] = float(np.mean(g['miou'])), float(np.std(g['miou'], ddof=1)) if len(g['miou']) > 1 else 0.
+    g['mean'], g['std'] = mean_std(g['miou'])
+    g['boundary_mean'], g['boundary_std'] = mean_std(g['boundary'])
     g['class_mean'] = {k: float(np.nanmean([i[k] for i in g['iou']])) for k in g['iou'][0]}
   return list(groups.values())
+
+
+def mean_std(values) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for one value) over seeds."""
+  return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.
 
 
 def write_results(groups: list[dict], workdir: str, title: str):
   """results.md, results.csv and the plot of mIoU against receptive field."""
   classes = list(groups[0]['class_mean'])
-  header = ['group', 'receptive field (px)', 'mIoU mean', 'mIoU std', 'seeds', 'per seed'] + classes
+  header = ['group', 'receptive field (px)', 'mIoU mean', 'mIoU std', 'seeds', 'per seed', 'boundary mIoU mean',
+            'boundary mIoU std'] + classes
   rows = [[g['group'], g['receptive_field'], f'{g["mean"]:.1f}', f'{g["std"]:.1f}', len(g['miou']),
-           ' '.join(f'{v:.1f}' for v in g['miou'])] + [f'{g["class_mean"][c]:.1f}' for c in classes] for g in groups]
+           ' '.join(f'{v:.1f}' for v in g['miou']), f'{g["boundary_mean"]:.1f}', f'{g["boundary_std"]:.1f}']
+          + [f'{g["class_mean"][c]:.1f}' for c in classes] for g in groups]
   with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
     csv.writer(f).writerows([header] + rows)
   md = [f'# {title}', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
@@ -151,12 +178,15 @@ def main(argv):
   os.makedirs(FLAGS.workdir, exist_ok=True)
   start = time.time()
   for i, run in enumerate(runs, 1):
-    if os.path.exists(os.path.join(FLAGS.workdir, run['name'], 'eval', f'{SPLIT}_best.json')):
+    done = [os.path.exists(path) for path in outputs(run, FLAGS.workdir)]
+    if all(done):
       logging.info('[%d/%d] %s: done before, skipped', i, len(runs), run['name'])
       continue
     logging.info('[%d/%d] %s (%s, seed %d), %.0f s so far', i, len(runs), run['name'], run['group'], run['seed'],
                  time.time() - start)
-    for command in commands(run, FLAGS.workdir):
+    for command, finished in zip(commands(run, FLAGS.workdir), done):
+      if finished:
+        continue
       if subprocess.run(command).returncode:
         raise InputError(f'sweep: run {run["name"]} failed: {shlex.join(command)}')
   groups = summarise(runs, FLAGS.workdir)

@@ -1,5 +1,6 @@
 """The paper-table script and the sweep runner, on evaluation files written here and on a tiny real sweep."""
 
+import csv
 import json
 import os
 import subprocess
@@ -174,6 +175,16 @@ def test_claims_sweep_expands_to_every_variant_and_seed():
   assert rf['flat 1,1,1,1,1,1,1'] == 18 + 14 * 2
 
 
+def test_crf_sweep_searches_and_evaluates_each_run_with_its_own_parameters():
+  runs = sweep.load_sweep(os.path.join(ROOT, 'experiments/sweeps/crf_builtin.py'))
+  assert len(runs) == 6 and all(r['crf'] for r in runs)
+  for r in runs:
+    train, test, search, crf_test = sweep.commands(r, 'w')
+    assert search[2:5] == ['dilated_jax.crf_search', f'--config={r["config"]}', f'--workdir=w/{r["name"]}']
+    assert '--split=val' in search and crf_test == test + [f'--crf_params=w/{r["name"]}/crf/params.json']
+    assert sweep.outputs(r, 'w')[2:] == [f'w/{r["name"]}/crf/params.json', f'w/{r["name"]}/eval/test_best_crf.json']
+
+
 TINY = ("{'data.synthetic.image_size': 32, 'data.synthetic.train_size': 8, 'data.synthetic.val_size': 4, "
         "'data.synthetic.test_size': 4, 'data.synthetic.disc_radius': 3, 'data.synthetic.frame_width': 2, "
         "'data.synthetic.frame_distance': 4, 'model.front_end.block_channels': (4, 8), "
@@ -187,15 +198,21 @@ T = {TINY}
 def get_sweep():
   return [dict(name='front', config='experiments/synthetic.py:stage=frontend', overrides=T, group='front', seed=0),
           dict(name='ctx', config='experiments/synthetic.py:stage=context', overrides=T, group='ctx', seed=0,
-               init_from='front')]
+               init_from='front', crf=True)]
 """)
   work = tmp_path / 'runs'
   command = [sys.executable, '-m', 'dilated_jax.sweep', f'--sweep={path}', f'--workdir={work}']
   r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   assert (work / 'miou_vs_receptive_field.png').exists()
-  lines = (work / 'results.csv').read_text().splitlines()
-  assert lines[0].startswith('group,receptive field (px),mIoU mean') and len(lines) == 3
+  lines = list(csv.reader((work / 'results.csv').read_text().splitlines()))
+  assert lines[0][:3] == ['group', 'receptive field (px)', 'mIoU mean'] and [r[0] for r in lines[1:]] == [
+      'front', 'ctx', 'ctx + CRF']
+  crf = json.load(open(work / 'ctx' / 'eval' / 'test_best_crf.json'))
+  assert crf['crf'] == json.load(open(work / 'ctx' / 'crf' / 'params.json'))['params']  # searched on val
+  row = dict(zip(lines[0], lines[3]))
+  assert float(row['mIoU mean']) == pytest.approx(100 * crf['miou'], abs=0.05)
+  assert float(row['boundary mIoU mean']) == pytest.approx(100 * crf['boundary_miou'], abs=0.05)
   r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)  # everything done: skipped
   assert r.returncode == 0 and r.stderr.count('skipped') == 2
 
@@ -236,6 +253,20 @@ def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
   assert not np.array_equal(columns[0], columns[1])
   with pytest.raises(InputError, match='--indices'):
     figure.draw(cfg, [str(tmp_path / 'run')], 'test', [cfg.data.synthetic.test_size])
+  # With crf: after each run's column, its dense CRF's labels with the parameters crf_search wrote in that run.
+  from dilated_jax import crf_search, dense_crf
+  crf = dense_crf.DenseCRFParams(w_bilateral=10.0, theta_beta=20.0, iterations=3)
+  with pytest.raises(InputError, match=f'{runs[0]}/crf/params.json: not a readable CRF parameter file'):
+    figure.draw(cfg, runs[:1], 'test', [3], crf=True)
+  os.makedirs(os.path.join(runs[0], 'crf'))
+  crf_search.write_params(os.path.join(runs[0], 'crf', 'params.json'), crf, [], images=[])
+  picture = figure.draw(cfg, runs[:1], 'test', [3], crf=True)
+  assert picture.shape == (size + 4, 4 * (size + 4), 3)
+  np.testing.assert_array_equal(picture[:size, 2 * (size + 4):2 * (size + 4) + size], columns[0])
+  predictor = Predictor(cfg.model, info, cfg.eval.tile, sharding.make_mesh(jax.devices()[:1]), with_context=False)
+  probs = predictor.probabilities(checkpoint.load_params(runs[0], 'best'), [image])[0]
+  np.testing.assert_array_equal(picture[:size, 3 * (size + 4):3 * (size + 4) + size],
+                                images.colourise(dense_crf.refine_labels(probs, image, crf), info.palette))
 
 
 def test_cityscapes_runs_print_table_8_from_their_category_iou(tmp_path):

@@ -1,0 +1,26 @@
+r"""The dense CRF on the built-in dataset: the front end and front end + Basic context of 3 seeds, each evaluated
+alone and with the dense CRF whose parameters crf_search chose on validation images (mIoU and the boundary measure).
+
+  python -m dilated_jax.sweep --sweep=experiments/sweeps/crf_builtin.py --workdir=runs/crf_builtin
+
+Front ends and budget as experiments/sweeps/synthetic_claims.py.
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location('synthetic_claims', os.path.join(os.path.dirname(__file__),
+                                                                                'synthetic_claims.py'))
+claims = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(claims)
+BUDGET, CONFIG, SEEDS = claims.BUDGET, claims.CONFIG, claims.SEEDS
+
+
+def get_sweep():
+  runs = []
+  for seed in SEEDS:
+    runs.append(dict(name=f'frontend_s{seed}', config=f'{CONFIG}:stage=frontend', group='front end', seed=seed,
+                     crf=True))
+    runs.append(dict(name=f'basic_s{seed}', config=f'{CONFIG}:stage=context,context=basic', overrides=BUDGET,
+                     group='front end + Basic', seed=seed, init_from=f'frontend_s{seed}', crf=True))
+  return runs
