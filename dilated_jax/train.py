@@ -62,22 +62,27 @@ def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mes
   """The jitted step (state, batch) -> (state, metrics): data-parallel over `mesh`, the state donated.
 
   The batch goes through `stage`'s forward pass (`stages.Stage.forward`); only the subtrees named in `trainable`
-  get gradients and updates.
+  get gradients and updates. A network with BatchNorm (the state holds batch_stats: a DRN) normalises with the
+  batch's statistics, and the running averages of the trained subtrees are updated; evaluation uses those.
   """
   forward = STAGES[stage].forward
 
   def train_step(state, batch):
     dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, 1), state['step'])
+    batch_stats = state.get('batch_stats')
 
     def loss_fn(t):
-      logits = forward(model, {**state['params'], **t}, batch['image'], dropout_rng, mean_bgr)
-      return loss_and_metrics(logits, batch['label'], num_classes)
+      logits, stats = forward(model, {**state['params'], **t}, batch['image'], dropout_rng, mean_bgr, batch_stats)
+      loss, step_metrics = loss_and_metrics(logits, batch['label'], num_classes)
+      return loss, (step_metrics, stats)
 
     t = {k: state['params'][k] for k in trainable}
-    grads, step_metrics = jax.grad(loss_fn, has_aux=True)(t)
+    grads, (step_metrics, stats) = jax.grad(loss_fn, has_aux=True)(t)
     updates, opt_state = tx.update(grads, state['opt_state'], t)
     t = optax.apply_updates(t, updates)
     new = {'step': state['step'] + 1, 'params': {**state['params'], **t}, 'opt_state': opt_state}
+    if batch_stats is not None:  # a held (untrained) subtree keeps its statistics, as its parameters
+      new['batch_stats'] = {k: stats[k] if k in trainable else v for k, v in batch_stats.items()}
     # A non-finite loss, gradient or update leaves the state as it was, so that nothing bad can reach a checkpoint;
     # the host reads the flag with the metrics it fetches anyway and stops there (docs/decisions.md).
     finite = jnp.isfinite(step_metrics['loss']) & _all_finite(grads) & _all_finite(t)
@@ -133,7 +138,7 @@ class Run:
     if cfg.model.num_classes != self.info.num_classes:
       raise InputError(f'model.num_classes: {cfg.model.num_classes}, but {self.info.name} has '
                        f'{self.info.num_classes} classes')
-    self.model = build_model(cfg.model, with_context=self.stage.with_context)
+    self.model = build_model(cfg.model, with_context=self.stage.with_context, mean_bgr=self.info.mean_bgr)
     if self.stage.with_context and self.model.context_module is None:
       raise InputError(f'model.context.dilations: stage {cfg.stage} needs a context module, got none')
     self.train_source = datasets.get_source(cfg.data, 'train')
@@ -148,6 +153,9 @@ class Run:
       raise InputError(f'init_from: stage {cfg.stage} starts from the workdir of the previous stage; none given')
     if cfg.init_from and cfg.weights:
       raise InputError('weights: give init_from (a workdir) or weights (a weights file), not both')
+    if cfg.weights and cfg.model.backbone == 'drn':
+      raise InputError("weights: not read for model.backbone 'drn' yet (fyu/drn files load with "
+                       'dilated_jax.weights.drn.load_drn); train it from scratch, or from init_from')
     self.workers = pipeline.resolve_workers(cfg.data.workers)
 
 
@@ -176,14 +184,15 @@ def image_examples(cfg, source, model, info):
   return make_example, crop
 
 
-def score_examples(cfg, run: Run, front_end_params, workdir):
+def score_examples(cfg, run: Run, state, workdir):
   """make_example(i, rng) of the context stage, and its example count: the front end's score maps of every training
   image, computed once (fyu/dilation test.py --bin) and cached beside that front end, where the other context runs
   from it find them (or in this workdir, when that folder cannot be written)."""
   front_end = Predictor(cfg.model, run.info, cfg.eval.tile, run.mesh, with_context=False,
                         tiles_per_device=cfg.eval.tiles_per_device)
   folder = cfg.init_from if os.access(cfg.init_from, os.W_OK) else workdir
-  cache = score_cache.cached_scores(folder, run.train_source, front_end, {'front_end': front_end_params}, cfg.data,
+  front = {k: {'front_end': state[k]['front_end']} for k in ('params', 'batch_stats') if k in state}
+  cache = score_cache.cached_scores(folder, run.train_source, front_end, checkpoint.eval_variables(front), cfg.data,
                                     run.workers, batch_size=cfg.eval.batch_size)
   return pipeline.ScoreExamples(cache, cfg.data.flip), len(cache)
 
@@ -197,8 +206,9 @@ def resume_or_initialise(cfg, run: Run, tx, workdir) -> tuple[dict, int]:
   stage, repl = run.stage, sharding.replicated(run.mesh)
   rng = jax.random.key(cfg.seed)
   sample = jnp.zeros((1,) + run.crop + (3,))
-  shapes = jax.eval_shape(run.model.init, rng, sample)['params']  # no compilation, no initialisation: may resume
-  abstract = jax.eval_shape(lambda p: checkpoint.initial_state(p, tx, stage.trains), shapes)
+  shapes = jax.eval_shape(run.model.init, rng, sample)  # no compilation, no initialisation: may resume
+  abstract = jax.eval_shape(
+      lambda v: checkpoint.initial_state(v['params'], tx, stage.trains, v.get('batch_stats')), shapes)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
   state, step = checkpoint.restore_latest(workdir, abstract)
   if state is not None:
@@ -207,15 +217,20 @@ def resume_or_initialise(cfg, run: Run, tx, workdir) -> tuple[dict, int]:
                        f'past it (run to at least {step} steps, or give another --workdir)')
     logging.info('resumed from %s', checkpoint.step_dir(workdir, step))
     return state, step
-  params = jax.device_get(jax.jit(run.model.init)(rng, sample)['params'])
+  variables = jax.device_get(jax.jit(run.model.init)(rng, sample))
+  params, batch_stats = variables['params'], variables.get('batch_stats')
   if cfg.init_from:  # the subtrees the stage loads (context: the front end), or everything the workdir has
-    loaded = checkpoint.load_params(cfg.init_from, 'latest')
-    params = _merge(params, loaded, keys=stage.loads or tuple(loaded), source=cfg.init_from)
+    loaded = checkpoint.load_variables(cfg.init_from, 'latest')
+    keys = stage.loads or tuple(loaded['params'])
+    params = _merge(params, loaded['params'], keys=keys, source=cfg.init_from)
+    if batch_stats:  # a DRN's running statistics go with its parameters
+      batch_stats = _merge(batch_stats, loaded.get('batch_stats', {}), keys=[k for k in keys if k in batch_stats],
+                           source=cfg.init_from)
   if cfg.weights:  # ImageNet VGG-16 (front end) or a released model (all it holds)
     params, imported = weights.initialise(params, cfg.weights, cfg.model, run.info.mean_bgr,
                                           need_final=stage.needs_trained_front_end)
     logging.info('from %s: %s; %s', cfg.weights, ', '.join(imported.layers), '; '.join(imported.notes))
-  return jax.device_put(checkpoint.initial_state(params, tx, stage.trains), repl), 0
+  return jax.device_put(checkpoint.initial_state(params, tx, stage.trains, batch_stats), repl), 0
 
 
 def _merge(params, loaded, keys, source):
@@ -422,7 +437,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   state, start = resume_or_initialise(cfg, run, tx, workdir)
   mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
   if run.stage.feeds == SCORES:
-    make_example, num_examples = score_examples(cfg, run, state['params']['front_end'], workdir)
+    make_example, num_examples = score_examples(cfg, run, state, workdir)
   else:
     make_example, num_examples = run.image_examples, len(run.train_source)
   step_fn = make_train_step(run.model, run.stage.name, run.stage.trains, tx, cfg.model.num_classes,
@@ -462,7 +477,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
       if save_now:  # before the evaluation, which may fail or be preempted: the interval's training is kept
         checkpoint.save(mngr, step, state, force=True)
       if evaluate_now and not stop:
-        result = evaluate_and_record(cfg, run, state['params'], step, log, mngr, workdir, preemption)
+        result = evaluate_and_record(cfg, run, checkpoint.eval_variables(state), step, log, mngr, workdir,
+                                     preemption)
         stop = result is None  # SIGTERM during the evaluation: the step's checkpoint is written, exit now
       if stop:
         logging.warning('preempted (SIGTERM): checkpoint at step %d written, exiting', step)
@@ -476,7 +492,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   if stop:
     raise SystemExit(128 + signal.SIGTERM)
   if result is None:  # resumed after the last step: evaluate the final parameters again
-    result = evaluate(run.predictor, state['params'], run.val_source, run.info, cfg.eval.batch_size, run.workers)
+    result = evaluate(run.predictor, checkpoint.eval_variables(state), run.val_source, run.info, cfg.eval.batch_size,
+                      run.workers)
   result.update(split=cfg.eval.split, step=cfg.total_steps, stage=cfg.stage, dataset=cfg.data.name)
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, 'eval', f'{cfg.eval.split}_final.json'), result)

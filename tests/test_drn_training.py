@@ -1,0 +1,136 @@
+"""A DRN front end (model.backbone 'drn') through the normal entry points: training with BatchNorm, its running
+statistics in the checkpoints, evaluation with them, and the config's answer to bad values."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from test_train import assert_trees_equal, run_module, tiny
+
+from dilated_jax import InputError, checkpoint, config, sharding
+from dilated_jax import data as datasets
+from dilated_jax.inference import restore
+from dilated_jax.models import DRNSeg, build_model, model_config
+from dilated_jax.train import train
+
+
+def tiny_drn(**fields):
+  """DRN-D-22 at 1/8 of its channels (2 .. 64) on 32 px synthetic scenes: a few seconds a step on a CPU."""
+  cfg = tiny(**fields)
+  cfg.model.backbone = 'drn'
+  cfg.model.drn.update(variant='drn_d_22', width=0.125)
+  cfg.model.upsample = 'deconv'  # segment.py's x8 bilinear deconvolution
+  return cfg
+
+
+def train_losses(workdir):
+  return [json.loads(line)['loss'] for line in open(os.path.join(workdir, 'metrics.jsonl'))
+          if json.loads(line)['kind'] == 'train']
+
+
+def test_build_model_gives_a_drnseg_front_end_with_batch_stats():
+  cfg = model_config()
+  cfg.update(backbone='drn', num_classes=5)
+  cfg.drn.width = 0.125
+  model = build_model(cfg, with_context=False, mean_bgr=(100.0, 110.0, 120.0))
+  assert isinstance(model.front_end, DRNSeg) and model.context_module is None
+  assert (model.front_end.stride, model.front_end.margin, model.front_end.padding) == (8, 0, 'SAME')
+  variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))
+  assert set(variables) == {'params', 'batch_stats'} and set(variables['batch_stats']) == {'front_end'}
+  assert model.apply(variables, np.zeros((2, 32, 32, 3))).shape == (2, 4, 4, 5)
+  with_context = build_model(cfg, with_context=True)  # the context module on the DRN's scores
+  assert with_context.context_module is not None
+  vgg = build_model(model_config(), with_context=False)  # the default: the VGG front end, no BatchNorm
+  assert 'batch_stats' not in jax.eval_shape(vgg.init, jax.random.key(0), np.zeros((1, 200, 200, 3)))
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('backbone', 'resnet', "model.backbone: expected one of ('vgg16', 'drn'), got 'resnet'"),
+    ('drn.variant', 'drn_d_23', 'model.drn.variant: expected one of'),
+    ('drn.width', 0.0, 'model.drn.width: expected a positive scale'),
+])
+def test_bad_backbone_fields_are_one_line_naming_the_field(field, value, message):
+  cfg = model_config()
+  cfg.backbone = 'drn'
+  cfg.update_from_flattened_dict({field: value})
+  with pytest.raises(InputError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    build_model(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('flag,message', [
+    ('--config.model.backbone=resnet', "error: model.backbone: expected one of ('vgg16', 'drn'), got 'resnet'"),
+    ('--config.model.drn.variant=drn_x', "error: model.drn.variant: expected one of ['drn_c_26', "),
+])
+def test_bad_backbone_on_the_command_line_is_one_line_exit_2(tmp_path, flag, message):
+  r = run_module('dilated_jax.train', '--config=experiments/synthetic.py', '--config.model.backbone=drn', flag,
+                 f'--workdir={tmp_path / "run"}')
+  assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1].startswith(message), r.stderr[-2000:]
+
+
+def test_old_workdir_config_without_the_backbone_fields_reads_as_vgg16(tmp_path):
+  saved = json.loads(tiny().to_json())
+  del saved['model']['backbone'], saved['model']['drn']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  cfg = config.from_workdir(str(tmp_path))
+  assert cfg.model.backbone == 'vgg16' and cfg.model.drn.variant == 'drn_d_22'
+
+
+@pytest.mark.slow
+def test_drn_trains_its_batch_stats_are_checkpointed_and_evaluation_uses_them(tmp_path):
+  work = str(tmp_path / 'run')
+  cfg = tiny_drn(total_steps=8, checkpoint_every=4, lr=0.01, momentum=0.9, weight_decay=1e-4)
+  result = train(cfg, work)
+  losses = train_losses(work)
+  assert len(losses) == 8 and np.mean(losses[-2:]) < losses[0], losses  # it learns
+  assert 0 <= result['miou'] <= 1
+
+  # The running statistics moved from their initialisation (mean 0, variance 1) and are in the checkpoint.
+  model = build_model(cfg.model, with_context=False)
+  init = jax.device_get(model.init(jax.random.key(cfg.seed), np.zeros((1, 32, 32, 3))))['batch_stats']
+  saved = checkpoint.load_variables(work)
+  assert set(saved) == {'params', 'batch_stats'}
+  assert jax.tree.structure(saved['batch_stats']) == jax.tree.structure(init)
+  moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(saved['batch_stats']), jax.tree.leaves(init))]
+  assert all(moved), f'{sum(moved)} of {len(moved)} statistics changed'
+
+  # Exactly what the loop held: a rerun to the same step resumes and evaluates again, and resuming the step-4
+  # checkpoint to step 8 ends where the straight run did, statistics included.
+  half = str(tmp_path / 'half')
+  train(tiny_drn(total_steps=4, checkpoint_every=4, lr=0.01, momentum=0.9, weight_decay=1e-4), half)
+  train(cfg, half)
+  assert_trees_equal(checkpoint.load_variables(half), saved)
+
+  # Evaluation of the restored run: the running statistics, so an image's probabilities do not depend on the
+  # images beside it (batch statistics would mix them).
+  info = datasets.dataset_info(cfg.data)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  predictor, variables = restore(work, 'latest', cfg, info, mesh)
+  assert set(variables) == {'params', 'batch_stats'}
+  source = datasets.get_source(cfg.data, 'val')
+  images = [source[i][0] for i in range(4)]
+  alone = predictor.probabilities(variables, images[:1])[0]
+  batched = predictor.probabilities(variables, images)[0]
+  np.testing.assert_allclose(alone, batched, rtol=1e-5, atol=1e-6)
+  # ... and the statistics matter: with the initial ones the probabilities differ.
+  fresh = {'params': variables['params'], 'batch_stats': jax.device_put(init)}
+  assert not np.allclose(predictor.probabilities(fresh, images[:1])[0], alone, atol=1e-4)
+
+
+def test_vgg_state_holds_no_batch_stats():
+  params = {'front_end': {'conv1_1': {'kernel': np.zeros((3, 3, 3, 4)), 'bias': np.zeros(4)}}}
+  state = checkpoint.initial_state(params)
+  assert set(state) == {'step', 'params'}
+  assert checkpoint.eval_variables(state) is params
+  with_stats = checkpoint.initial_state(params, batch_stats={'front_end': {'bn': {'mean': np.zeros(4)}}})
+  assert set(checkpoint.eval_variables(with_stats)) == {'params', 'batch_stats'}
+
+
+def test_weights_file_for_a_drn_run_is_refused_in_one_line(tmp_path):
+  cfg = tiny_drn(weights=str(tmp_path / 'drn_d_22.pth'))
+  with pytest.raises(InputError, match="weights: not read for model.backbone 'drn'"):
+    train(cfg, str(tmp_path / 'run'))
+
