@@ -59,7 +59,6 @@ def test_bad_backbone_fields_are_one_line_naming_the_field(field, value, message
     build_model(cfg)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('flag,message', [
     ('--config.model.backbone=resnet', "error: model.backbone: expected one of ('vgg16', 'drn'), got 'resnet'"),
     ('--config.model.drn.variant=drn_x', "error: model.drn.variant: expected one of ['drn_c_26', "),
