@@ -133,3 +133,26 @@ def test_weights_file_for_a_drn_run_is_refused_in_one_line(tmp_path):
   with pytest.raises(InputError, match="weights: not read for model.backbone 'drn'"):
     train(cfg, str(tmp_path / 'run'))
 
+
+
+@pytest.mark.slow
+def test_drn_through_the_train_evaluate_and_predict_entry_points(tmp_path):
+  work = str(tmp_path / 'run')
+  r = run_module('dilated_jax.train', '--config=experiments/synthetic.py', '--config.model.backbone=drn',
+                 '--config.model.drn.width=0.125', '--config.model.upsample=deconv',
+                 '--config.data.synthetic.image_size=32', '--config.data.synthetic.frame_width=2',
+                 '--config.data.synthetic.frame_distance=4', '--config.data.synthetic.train_size=8',
+                 '--config.data.synthetic.val_size=4', '--config.data.synthetic.test_size=4',
+                 '--config.eval.tile=(32,32)', '--config.total_steps=2', f'--workdir={work}')
+  assert r.returncode == 0, r.stderr[-2000:]
+  saved = json.load(open(os.path.join(work, 'config.json')))['model']
+  assert saved['backbone'] == 'drn' and saved['drn'] == {'variant': 'drn_d_22', 'width': 0.125}
+  r = run_module('dilated_jax.evaluate', f'--workdir={work}', '--split=test')  # the workdir's own config
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.load(open(os.path.join(work, 'eval', 'test_best.json')))['num_images'] == 4
+  r = run_module('dilated_jax.data.synthetic', f'--output_dir={tmp_path}/scenes', '--count=1')
+  assert r.returncode == 0, r.stderr[-2000:]
+  r = run_module('dilated_jax.predict', f'--workdir={work}', f'--output_dir={tmp_path}/pred',
+                 f'{tmp_path}/scenes/test_0000.png')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert os.path.exists(tmp_path / 'pred' / 'test_0000.png')
