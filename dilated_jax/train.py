@@ -47,8 +47,12 @@ def loss_and_metrics(logits, labels, num_classes: int):
 
 
 def optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Caffe's SGD: v <- momentum v - lr (g + wd w), w <- w + v; weight decay on kernels only, bias lr x bias_lr_mult."""
-  schedule = optax.piecewise_constant_schedule(cfg.lr, {int(s): cfg.lr_gamma for s in cfg.lr_steps})
+  """Caffe's SGD: v <- momentum v - lr (g + wd w), w <- w + v; weight decay on kernels only, bias lr x bias_lr_mult;
+  lr by Caffe's step or poly policy (cfg.lr_policy)."""
+  if cfg.lr_policy == 'poly':  # Caffe's iter counts from 0, as optax's step: lr at the first update, 0 after the last
+    schedule = optax.polynomial_schedule(cfg.lr, 0.0, cfg.lr_power, cfg.total_steps)
+  else:
+    schedule = optax.piecewise_constant_schedule(cfg.lr, {int(s): cfg.lr_gamma for s in cfg.lr_steps})
   leaf_is = lambda name: lambda params: jax.tree_util.tree_map_with_path(lambda p, _: p[-1].key == name, params)
   return optax.chain(
       optax.masked(optax.add_decayed_weights(cfg.weight_decay), leaf_is('kernel')),
@@ -543,6 +547,9 @@ MINIMUMS = {'batch_size': 1, 'total_steps': 1, 'log_every': 1, 'checkpoint_every
             'data.workers': -1}
 
 
+LR_POLICIES = ('step', 'poly')
+
+
 def check_settings(cfg):
   """One line naming the first field of `cfg` a run cannot use: a stage not in STAGES, a count below what a run
   needs (`keep_checkpoints` 0 would let retention delete the checkpoint just written, the preemption one included),
@@ -555,6 +562,10 @@ def check_settings(cfg):
       value = value[key]
     if not isinstance(value, int) or value < least:
       raise InputError(f'{field}: expected an integer >= {least}, got {value!r}')
+  if cfg.lr_policy not in LR_POLICIES:
+    raise InputError(f'lr_policy: expected one of {LR_POLICIES}, got {cfg.lr_policy!r}')
+  if cfg.lr_policy == 'poly' and tuple(cfg.lr_steps):
+    raise InputError(f"lr_steps: {tuple(cfg.lr_steps)} are the 'step' policy's; lr_policy 'poly' decays every step")
   steps = tuple(cfg.profile_steps)
   if steps and (len(steps) != 2 or not all(isinstance(s, int) for s in steps) or not 1 <= steps[0] <= steps[1]):
     raise InputError(f'profile_steps: expected () or (first, last) with 1 <= first <= last, got {steps}')

@@ -13,7 +13,7 @@ from dilated_jax import InputError, checkpoint, config, sharding
 from dilated_jax import data as datasets
 from dilated_jax.inference import restore
 from dilated_jax.models import DRNSeg, build_model, model_config
-from dilated_jax.train import train
+from dilated_jax.train import optimizer, train
 
 
 def tiny_drn(**fields):
@@ -156,3 +156,24 @@ def test_drn_through_the_train_evaluate_and_predict_entry_points(tmp_path):
                  f'{tmp_path}/scenes/test_0000.png')
   assert r.returncode == 0, r.stderr[-2000:]
   assert os.path.exists(tmp_path / 'pred' / 'test_0000.png')
+
+
+def test_poly_policy_is_caffes_and_fyu_drns():
+  cfg = tiny(lr=0.01, lr_policy='poly', lr_power=0.9, momentum=0.0, weight_decay=0.0, total_steps=10)
+  tx = optimizer(cfg)
+  params = {'layer': {'kernel': np.zeros(2, np.float32)}}
+  state, lrs = tx.init(params), []
+  for _ in range(10):
+    updates, state = tx.update({'layer': {'kernel': np.ones(2, np.float32)}}, state, params)
+    lrs.append(-float(updates['layer']['kernel'][0]))
+  np.testing.assert_allclose(lrs, [0.01 * (1 - i / 10) ** 0.9 for i in range(10)], rtol=1e-5)
+
+
+@pytest.mark.parametrize('fields,message', [
+    (dict(lr_policy='cosine'), "lr_policy: expected one of ('step', 'poly'), got 'cosine'"),
+    (dict(lr_policy='poly', lr_steps=(2,)), "lr_steps: (2,) are the 'step' policy's"),
+])
+def test_bad_lr_policy_is_one_line_naming_the_field(tmp_path, fields, message):
+  with pytest.raises(InputError) as error:
+    train(tiny(**fields), str(tmp_path / 'run'))
+  assert str(error.value).startswith(message)
