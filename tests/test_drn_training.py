@@ -177,3 +177,19 @@ def test_bad_lr_policy_is_one_line_naming_the_field(tmp_path, fields, message):
   with pytest.raises(InputError) as error:
     train(tiny(**fields), str(tmp_path / 'run'))
   assert str(error.value).startswith(message)
+
+
+@pytest.mark.slow
+def test_drn_stages_chain_with_their_batch_stats(tmp_path):
+  front, ctx, joint = (str(tmp_path / name) for name in ('frontend', 'context', 'joint'))
+  train(tiny_drn(total_steps=2), front)
+  train(tiny_drn(stage='context', total_steps=2, init_from=front), ctx)
+  trained = checkpoint.load_variables(front)
+  held = checkpoint.load_variables(ctx)
+  assert set(held['batch_stats']) == {'front_end'}
+  assert_trees_equal(held['batch_stats'], trained['batch_stats'])  # loaded with the front end, and held
+  assert_trees_equal(held['params']['front_end'], trained['params']['front_end'])
+  train(tiny_drn(stage='joint', total_steps=2, init_from=ctx), joint)
+  moved = checkpoint.load_variables(joint)['batch_stats']['front_end']
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved),
+                                                     jax.tree.leaves(held['batch_stats']['front_end'])))
