@@ -157,9 +157,6 @@ class Run:
       raise InputError(f'init_from: stage {cfg.stage} starts from the workdir of the previous stage; none given')
     if cfg.init_from and cfg.weights:
       raise InputError('weights: give init_from (a workdir) or weights (a weights file), not both')
-    if cfg.weights and cfg.model.backbone == 'drn':
-      raise InputError("weights: not read for model.backbone 'drn' yet (fyu/drn files load with "
-                       'dilated_jax.weights.drn.load_drn); train it from scratch, or from init_from')
     self.workers = pipeline.resolve_workers(cfg.data.workers)
 
 
@@ -230,11 +227,25 @@ def resume_or_initialise(cfg, run: Run, tx, workdir) -> tuple[dict, int]:
     if batch_stats:  # a DRN's running statistics go with its parameters
       batch_stats = _merge(batch_stats, loaded.get('batch_stats', {}), keys=[k for k in keys if k in batch_stats],
                            source=cfg.init_from)
-  if cfg.weights:  # ImageNet VGG-16 (front end) or a released model (all it holds)
+  if cfg.weights and batch_stats:  # a DRN: fyu/drn's ImageNet drn.py or its segment.py DRNSeg state dict
+    params, batch_stats = _drn_weights(cfg.weights, run.model.front_end, params, batch_stats,
+                                       stage.needs_trained_front_end)
+  elif cfg.weights:  # ImageNet VGG-16 (front end) or a released model (all it holds)
     params, imported = weights.initialise(params, cfg.weights, cfg.model, run.info.mean_bgr,
                                           need_final=stage.needs_trained_front_end)
     logging.info('from %s: %s; %s', cfg.weights, ', '.join(imported.layers), '; '.join(imported.notes))
   return jax.device_put(checkpoint.initial_state(params, tx, stage.trains, batch_stats), repl), 0
+
+
+def _drn_weights(path, model, params, batch_stats, need_seg: bool):
+  """params and batch_stats with the DRN front end's from a fyu/drn file (weights.load_drn checks every tensor)."""
+  front = {'params': params['front_end'], 'batch_stats': batch_stats['front_end']}
+  loaded, notes = weights.load_drn(path, model, front)
+  if need_seg and any(n.startswith('seg:') for n in notes):
+    raise InputError(f'{path}: no seg layer (ImageNet weights): a context or joint stage starts from a trained '
+                     'DRNSeg (a segment.py file), not from an ImageNet DRN')
+  logging.info('from %s: the DRN front end; %s', path, '; '.join(notes) or 'every tensor')
+  return {**params, 'front_end': loaded['params']}, {**batch_stats, 'front_end': loaded['batch_stats']}
 
 
 def _merge(params, loaded, keys, source):

@@ -8,12 +8,14 @@ import jax
 import numpy as np
 import pytest
 from test_train import assert_trees_equal, run_module, tiny
+from test_weights import write_torch
 
 from dilated_jax import InputError, checkpoint, config, sharding
 from dilated_jax import data as datasets
 from dilated_jax.inference import restore
 from dilated_jax.models import DRNSeg, build_model, model_config
-from dilated_jax.train import optimizer, train
+from dilated_jax.train import Run, optimizer, resume_or_initialise, train
+from dilated_jax.weights import drn as drn_weights
 
 
 def tiny_drn(**fields):
@@ -128,11 +130,40 @@ def test_vgg_state_holds_no_batch_stats():
   assert set(checkpoint.eval_variables(with_stats)) == {'params', 'batch_stats'}
 
 
-def test_weights_file_for_a_drn_run_is_refused_in_one_line(tmp_path):
-  cfg = tiny_drn(weights=str(tmp_path / 'drn_d_22.pth'))
-  with pytest.raises(InputError, match="weights: not read for model.backbone 'drn'"):
-    train(cfg, str(tmp_path / 'run'))
+def drn_file(path, model, variables):
+  """A fyu/drn drn.py (ImageNet) state dict of `model`'s DRN holding `variables` (torch names, OIHW), without seg."""
+  places = drn_weights.torch_places(model, variables, segment_file=False)
+  state = {}
+  for name, (collection, keys) in places.items():
+    if name.startswith('seg.'):
+      continue
+    value = variables[collection]
+    for k in keys:
+      value = value[k]
+    value = np.asarray(value, np.float32)
+    state[name] = np.ascontiguousarray(value.transpose(3, 2, 0, 1) if value.ndim == 4 else value)
+  write_torch(path, state)
 
+
+def test_a_fyu_drn_file_initialises_the_drn_front_end_with_its_statistics(tmp_path):
+  cfg = tiny_drn()
+  run = Run(cfg)
+  model = run.model.front_end
+  rng = np.random.default_rng(0)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
+  variables = jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32), shapes)
+  path = str(tmp_path / 'drn_d_22.pth')
+  drn_file(path, model, variables)
+  cfg.weights = path
+  state, step = resume_or_initialise(cfg, run, optimizer(cfg), str(tmp_path / 'run'))
+  assert step == 0
+  assert_trees_equal(state['batch_stats']['front_end'], variables['batch_stats'])
+  assert_trees_equal(state['params']['front_end']['base'], variables['params']['base'])
+  assert not np.allclose(state['params']['front_end']['seg']['kernel'], variables['params']['seg']['kernel'])
+  # A context stage needs a trained seg layer, which an ImageNet file lacks: one line.
+  cfg_ctx = tiny_drn(stage='context', weights=path)
+  with pytest.raises(InputError, match='no seg layer'):
+    resume_or_initialise(cfg_ctx, Run(cfg_ctx), optimizer(cfg_ctx), str(tmp_path / 'ctx'))
 
 
 @pytest.mark.slow
