@@ -42,6 +42,9 @@ def test_build_model_gives_a_drnseg_front_end_with_batch_stats():
   variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))
   assert set(variables) == {'params', 'batch_stats'} and set(variables['batch_stats']) == {'front_end'}
   assert model.apply(variables, np.zeros((2, 32, 32, 3))).shape == (2, 4, 4, 5)
+  assert model.front_end.norm_std_rgb == (0.229, 0.224, 0.225)  # ImageNet's, as fyu/drn's classifiers
+  cfg.drn.norm_mean_rgb = (0.290101, 0.328081, 0.286964)  # fyu/drn's Cityscapes info.json
+  assert build_model(cfg).front_end.norm_mean_rgb == (0.290101, 0.328081, 0.286964)
   with_context = build_model(cfg, with_context=True)  # the context module on the DRN's scores
   assert with_context.context_module is not None
   vgg = build_model(model_config(), with_context=False)  # the default: the VGG front end, no BatchNorm
@@ -52,6 +55,8 @@ def test_build_model_gives_a_drnseg_front_end_with_batch_stats():
     ('backbone', 'resnet', "model.backbone: expected one of ('vgg16', 'drn'), got 'resnet'"),
     ('drn.variant', 'drn_d_23', 'model.drn.variant: expected one of'),
     ('drn.width', 0.0, 'model.drn.width: expected a positive scale'),
+    ('drn.norm_std_rgb', (0.2, 0.0, 0.2), 'model.drn.norm_std_rgb: expected 3 numbers (R, G, B), each > 0'),
+    ('drn.norm_mean_rgb', (0.5, 0.5), 'model.drn.norm_mean_rgb: expected 3 numbers'),
 ])
 def test_bad_backbone_fields_are_one_line_naming_the_field(field, value, message):
   cfg = model_config()
@@ -177,7 +182,7 @@ def test_drn_through_the_train_evaluate_and_predict_entry_points(tmp_path):
                  '--config.eval.tile=(32,32)', '--config.total_steps=2', f'--workdir={work}')
   assert r.returncode == 0, r.stderr[-2000:]
   saved = json.load(open(os.path.join(work, 'config.json')))['model']
-  assert saved['backbone'] == 'drn' and saved['drn'] == {'variant': 'drn_d_22', 'width': 0.125}
+  assert saved['backbone'] == 'drn' and (saved['drn']['variant'], saved['drn']['width']) == ('drn_d_22', 0.125)
   r = run_module('dilated_jax.evaluate', f'--workdir={work}', '--split=test')  # the workdir's own config
   assert r.returncode == 0, r.stderr[-2000:]
   assert json.load(open(os.path.join(work, 'eval', 'test_best.json')))['num_images'] == 4

@@ -70,8 +70,10 @@ def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
       context=dict(dilations=ctx.BASIC, channel_multipliers=(), padding='same', initialisation='identity',
                    noise_std=0.01, noise='fixed'),
       backbone='vgg16',  # one of BACKBONES
-      # backbone 'drn': variant one of models/drn.py's VARIANTS; width scales every channel count (1: the paper's)
-      drn=dict(variant='drn_d_22', width=1.0),
+      # backbone 'drn': variant one of models/drn.py's VARIANTS; width scales every channel count (1: the paper's);
+      # norm_mean_rgb / norm_std_rgb: the RGB / 255 normalisation its weights expect (ImageNet's; fyu/drn's
+      # segment.py models: their info.json's)
+      drn=dict(variant='drn_d_22', width=1.0, norm_mean_rgb=drn.IMAGENET_MEAN_RGB, norm_std_rgb=drn.IMAGENET_STD_RGB),
       upsample='zoom',
       dtype='float32',  # compute dtype; parameters stay float32
   ))
@@ -106,8 +108,15 @@ def build_model(cfg: ml_collections.ConfigDict, with_context: bool = True, mean_
     base = drn.drn(cfg.drn.variant, width=cfg.drn.width, dtype=dtype)  # an unknown variant: one line naming it
     if not isinstance(cfg.drn.width, (int, float)) or not cfg.drn.width > 0:
       raise InputError(f'model.drn.width: expected a positive scale of the channels, got {cfg.drn.width!r}')
+    for field in ('norm_mean_rgb', 'norm_std_rgb'):
+      value = tuple(cfg.drn[field])
+      if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value) or (
+          field == 'norm_std_rgb' and not all(v > 0 for v in value)):
+        raise InputError(f'model.drn.{field}: expected 3 numbers (R, G, B){", each > 0" * (field == "norm_std_rgb")}'
+                         f', got {value}')
     front_end = drn.DRNSeg(base, num_classes=cfg.num_classes, dtype=dtype,
-                           mean_bgr=tuple(mean_bgr) if mean_bgr is not None else (0.0, 0.0, 0.0))
+                           mean_bgr=tuple(mean_bgr) if mean_bgr is not None else (0.0, 0.0, 0.0),
+                           norm_mean_rgb=tuple(cfg.drn.norm_mean_rgb), norm_std_rgb=tuple(cfg.drn.norm_std_rgb))
   else:
     check_front_end(cfg.front_end)
     front_end = FrontEnd(num_classes=cfg.num_classes, dtype=dtype, **cfg.front_end.to_dict())
