@@ -1,6 +1,7 @@
 r"""CamVid with a DRN-D-22 in place of the VGG-16 front end (Yu, Koltun and Funkhouser, CVPR 2017; fyu/drn segment.py).
 
-  python -m dilated_jax.train --config=experiments/camvid_drn.py --workdir=runs/camvid_drn
+  python -m dilated_jax.train --config=experiments/camvid_drn.py --config.weights=drn_d_22-4bd2f8ea.pth \
+      --workdir=runs/camvid_drn
   python -m dilated_jax.evaluate --workdir=runs/camvid_drn
 
 Arguments: variant=drn_d_22|drn_d_38|drn_c_26|drn_c_42 (models/drn.py's VARIANTS with BasicBlocks). The network is
@@ -10,9 +11,10 @@ where this code has it: SGD lr 0.01, momentum 0.9, weight decay 1e-4 (here on ke
 every parameter (bias_lr_mult 1, as torch's SGD), the poly policy (power 0.9), random scaling by [0.5, 2] (its
 --random-scale 2), flips. Not here: its random rotation, synchronised BatchNorm across devices is what jit gives (the
 statistics of the global batch). 20k steps of 8 crops of 640 px are ~440 epochs of CamVid's 367 training images,
-fyu/drn's 500 Cityscapes epochs at this dataset's size. Training starts from scratch (He-normal, BN scale 1):
-fyu/drn's ImageNet weights load with dilated_jax.weights.drn but are not wired into train yet. The test split is
-evaluated once, at the end, with the BatchNorm running statistics.
+fyu/drn's 500 Cityscapes epochs at this dataset's size. Without --config.weights training starts from scratch
+(He-normal, BN scale 1); --config.weights=drn_d_22-4bd2f8ea.pth (fyu/drn's ImageNet file) starts the DRN's levels and
+running statistics from ImageNet, `seg` as initialised. The test split is evaluated once, at the end, with the
+BatchNorm running statistics.
 """
 
 from dilated_jax import config as base_config
