@@ -10,7 +10,7 @@ import pytest
 from test_train import assert_trees_equal, run_module, tiny
 from test_weights import write_torch
 
-from dilated_jax import InputError, checkpoint, config, sharding
+from dilated_jax import InputError, benchmark, checkpoint, config, sharding
 from dilated_jax import data as datasets
 from dilated_jax.inference import restore
 from dilated_jax.models import DRNSeg, build_model, model_config
@@ -229,3 +229,9 @@ def test_drn_stages_chain_with_their_batch_stats(tmp_path):
   moved = checkpoint.load_variables(joint)['batch_stats']['front_end']
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved),
                                                      jax.tree.leaves(held['batch_stats']['front_end'])))
+
+
+@pytest.mark.slow
+def test_the_overlap_benchmark_steps_a_drn_with_its_batch_stats():
+  r = benchmark.overlap_benchmark(tiny_drn(), [0], steps=2, windows=1)
+  assert len(r['constant']) == 2 and r['fed'][0]['step_s_median'] > 0
