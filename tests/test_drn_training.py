@@ -235,3 +235,14 @@ def test_drn_stages_chain_with_their_batch_stats(tmp_path):
 def test_the_overlap_benchmark_steps_a_drn_with_its_batch_stats():
   r = benchmark.overlap_benchmark(tiny_drn(), [0], steps=2, windows=1)
   assert len(r['constant']) == 2 and r['fed'][0]['step_s_median'] > 0
+
+
+@pytest.mark.slow
+def test_one_device_and_eight_devices_give_the_same_drn_and_statistics(tmp_path):
+  """BatchNorm's batch statistics are those of the global batch, whatever the devices it is split over."""
+  assert jax.device_count() == 8, 'tests/conftest.py asks for 8 simulated CPU devices'
+  cfg = tiny_drn(total_steps=2)
+  train(cfg, str(tmp_path / 'one'), devices=jax.devices()[:1])
+  train(cfg, str(tmp_path / 'eight'))
+  one, eight = checkpoint.load_variables(str(tmp_path / 'one')), checkpoint.load_variables(str(tmp_path / 'eight'))
+  assert_trees_equal(one, eight, exact=False, rtol=1e-4, atol=1e-5)
