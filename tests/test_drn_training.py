@@ -91,7 +91,8 @@ def test_drn_trains_its_batch_stats_are_checkpointed_and_evaluation_uses_them(tm
   cfg = tiny_drn(total_steps=8, checkpoint_every=4, lr=0.01, momentum=0.9, weight_decay=1e-4)
   result = train(cfg, work)
   losses = train_losses(work)
-  assert len(losses) == 8 and np.mean(losses[-2:]) < losses[0], losses  # it learns
+  # It learns: 5.6 -> 0.3 here; with the updates zeroed the losses only wander between 5.3 and 5.7.
+  assert len(losses) == 8 and max(losses[-2:]) < 0.5 * losses[0], losses
   assert 0 <= result['miou'] <= 1
 
   # The running statistics moved from their initialisation (mean 0, variance 1) and are in the checkpoint.
