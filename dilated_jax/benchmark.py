@@ -510,14 +510,16 @@ def overlap_benchmark(cfg, workers: list[int], steps: int, windows: int, devices
   load_before = list(os.getloadavg())
   mesh = sharding.make_mesh(devices)
   info = datasets.dataset_info(cfg.data)
-  model = build_model(cfg.model, with_context=cfg.stage != 'frontend')
+  model = build_model(cfg.model, with_context=cfg.stage != 'frontend', mean_bgr=info.mean_bgr)
   source, source_kind = training_source(cfg)
   make_example, crop = image_examples(cfg, source, model, info)
   rng = jax.random.key(cfg.seed)
-  params = jax.jit(model.init)(rng, jnp.zeros((1,) + crop + (3,)))['params']
+  variables = jax.jit(model.init)(rng, jnp.zeros((1,) + crop + (3,)))
+  params = variables['params']
   tx = optimizer(cfg)
   trainable = tuple(params)
-  holder = {'state': jax.device_put(checkpoint.initial_state(params, tx, trainable), sharding.replicated(mesh))}
+  state = checkpoint.initial_state(params, tx, trainable, variables.get('batch_stats'))  # a DRN's statistics too
+  holder = {'state': jax.device_put(state, sharding.replicated(mesh))}
   step_fn = make_train_step(model, cfg.stage, trainable, tx, cfg.model.num_classes, rng, mesh, info.mean_bgr)
   n, batch = len(source), cfg.batch_size
   constant = sharding.global_batch(mesh, pipeline.ProcessBatch(make_example, n, batch, cfg.seed, range(batch))(0))

@@ -52,13 +52,25 @@ class KeepBest:
     return [c.step == best for c in checkpoints]
 
 
-def initial_state(params, tx=None, trainable=()) -> dict:
+def initial_state(params, tx=None, trainable=(), batch_stats=None) -> dict:
   """What a checkpoint holds at step 0: the step, every parameter and, for training (`tx`, an optax transformation),
-  the optimizer state of the `trainable` subtrees; converted weights (no `tx`) hold no optimizer state."""
+  the optimizer state of the `trainable` subtrees; converted weights (no `tx`) hold no optimizer state. A network
+  with BatchNorm (a DRN) also holds its running statistics, `batch_stats`; the VGG networks have none, and their
+  state no such entry, so that their checkpoints keep their layout."""
   state = {'step': jnp.zeros((), jnp.int32), 'params': params}
   if tx is not None:
     state['opt_state'] = tx.init({k: params[k] for k in trainable})
+  if batch_stats:
+    state['batch_stats'] = batch_stats
   return state
+
+
+def eval_variables(state: dict):
+  """What a Predictor runs from a state or `load_variables`: the parameters alone (no BatchNorm), or the flax
+  variables {'params', 'batch_stats'}, whose running statistics evaluation normalises with."""
+  if 'batch_stats' not in state:
+    return state['params']
+  return {'params': state['params'], 'batch_stats': state['batch_stats']}
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, force: bool = False):
@@ -171,7 +183,13 @@ def restore_latest(workdir: str, abstract_state):
 
 
 def load_params(workdir: str, which: str = 'latest') -> dict:
-  """The parameters of a finished or running workdir ('latest' or 'best' checkpoint), as host arrays.
+  """The parameters of a finished or running workdir ('latest' or 'best' checkpoint), as host arrays."""
+  return load_variables(workdir, which)['params']
+
+
+def load_variables(workdir: str, which: str = 'latest') -> dict:
+  """{'params'} and, for a network with BatchNorm, {'batch_stats'} of a workdir's 'latest' or 'best' checkpoint, as
+  host arrays.
 
   A checkpoint that does not read back is named in a warning and the next newest is read instead.
   """
@@ -187,7 +205,8 @@ def load_params(workdir: str, which: str = 'latest') -> dict:
   errors = []
   for step in order:
     try:
-      return jax.device_get(_read(step_dir(workdir, step), None, step)['params'])
+      state = _read(step_dir(workdir, step), None, step)
+      return jax.device_get({k: state[k] for k in ('params', 'batch_stats') if k in state})
     except Exception as e:  # noqa: BLE001 - see restore_latest
       logging.warning('checkpoint %s does not read back (%s): trying the one before', step_dir(workdir, step),
                       _one_line(e))

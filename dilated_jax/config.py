@@ -44,6 +44,10 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
       lr=1e-4,
       lr_steps=(),  # steps at which lr is multiplied by lr_gamma (Caffe's step policy)
       lr_gamma=0.1,
+      # 'step': Caffe's step policy (lr_steps, lr_gamma); 'poly': lr (1 - step / total_steps) ** lr_power, Caffe's
+      # poly policy and fyu/drn segment.py's --lr-mode poly (power 0.9)
+      lr_policy='step',
+      lr_power=0.9,
       momentum=0.9,
       weight_decay=5e-4,  # on kernels only (Caffe decay_mult 0 for biases)
       bias_lr_mult=2.0,

@@ -53,7 +53,7 @@ class Predictor:
 
   def __init__(self, model_cfg: ml_collections.ConfigDict, info, tile, mesh, with_context: bool = True,
                tiles_per_device: int = 8):
-    self.model = build_model(model_cfg, with_context=with_context)
+    self.model = build_model(model_cfg, with_context=with_context, mean_bgr=info.mean_bgr)
     self.upsample = model_cfg.upsample
     self.mean_bgr, self.mesh = info.mean_bgr, mesh
     fe = self.model.front_end
@@ -69,8 +69,9 @@ class Predictor:
 
   def _tile_scores(self, params, tiles):
     """(N, th / s, tw / s, C) scores of N tiles sharded over the mesh; each device runs its own in chunks."""
-    def local(params, tiles):
-      return in_chunks(lambda x: self.model.apply({'params': params}, x), tiles, self.tiles_per_device)
+    def local(params, tiles):  # params: the parameters, or with BatchNorm {'params', 'batch_stats'} (eval_variables)
+      variables = params if 'params' in params else {'params': params}
+      return in_chunks(lambda x: self.model.apply(variables, x), tiles, self.tiles_per_device)
 
     return jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P('data')), out_specs=P('data'))(params, tiles)
 
@@ -124,14 +125,16 @@ class Predictor:
 
 
 def restore(workdir: str, which: str, cfg: ml_collections.ConfigDict, info, mesh):
-  """(Predictor, parameters replicated over `mesh`) of a workdir's `which` checkpoint ('best' or 'latest'), with the
-  network, tiles and chunking of `cfg`; the network is the one the parameters hold (front end alone, or with the
-  context module), and a layer of another shape than cfg's is one line naming it."""
-  params = checkpoint.load_params(workdir, which)
+  """(Predictor, variables replicated over `mesh`: the parameters, with a BatchNorm network's running statistics
+  `checkpoint.eval_variables`) of a workdir's `which` checkpoint ('best' or 'latest'), with the network, tiles and
+  chunking of `cfg`; the network is the one the parameters hold (front end alone, or with the context module), and a
+  layer of another shape than cfg's is one line naming it."""
+  variables = checkpoint.load_variables(workdir, which)
+  params = variables['params']
   weights.check_params(params, cfg.model, workdir)
   predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context='context_module' in params,
                         tiles_per_device=cfg.eval.tiles_per_device)
-  return predictor, jax.device_put(params, sharding.replicated(mesh))
+  return predictor, jax.device_put(checkpoint.eval_variables(variables), sharding.replicated(mesh))
 
 
 def evaluate(predictor: Predictor, params, source, info, batch_size: int, workers: int = 0, stop=None,

@@ -102,10 +102,11 @@ def network():
     if FLAGS['width'].present:
       raise InputError('--width: only with --preset (a config sets model.front_end.width)')
     cfg = FLAGS.config
-    params = checkpoint.load_params(FLAGS.workdir, FLAGS.checkpoint)
+    variables = checkpoint.load_variables(FLAGS.workdir, FLAGS.checkpoint)  # a DRN's with its batch_stats
+    params = variables['params']
     weights.check_params(params, cfg.model, FLAGS.workdir)  # a layer of another shape: one line naming it
-    return (cfg.model, datasets.dataset_info(cfg.data), cfg.eval.tile, params, 'context_module' in params,
-            cfg.eval.tiles_per_device)
+    return (cfg.model, datasets.dataset_info(cfg.data), cfg.eval.tile, checkpoint.eval_variables(variables),
+            'context_module' in params, cfg.eval.tiles_per_device)
   if FLAGS.preset is None or FLAGS.weights is None:
     raise InputError('--preset and --weights: released weights need both')
   model_cfg = model_config(FLAGS.preset)

@@ -32,15 +32,19 @@ class Stage:
   loads: tuple[str, ...] | None
   needs_trained_front_end: bool
 
-  def forward(self, model, params, x, dropout_rng, mean_bgr):
-    """Training-mode class scores of a batch `x` as this stage is fed: uint8 RGB crops are made BGR minus
-    `mean_bgr` here, on the device."""
-    if self.feeds == SCORES:
-      return model.context_module.apply({'params': params['context_module']}, x)
+  def forward(self, model, params, x, dropout_rng, mean_bgr, batch_stats=None):
+    """(training-mode class scores, updated batch_stats) of a batch `x` as this stage is fed: uint8 RGB crops are
+    made BGR minus `mean_bgr` here, on the device. BatchNorm (a DRN front end: `batch_stats` not None) normalises
+    with the batch's statistics and returns its running averages updated; without it the second value is None."""
+    if self.feeds == SCORES:  # the context module alone: no BatchNorm runs
+      return model.context_module.apply({'params': params['context_module']}, x), batch_stats
     if x.dtype == jnp.uint8:
       x = pipeline.to_network_input(x, mean_bgr)
-    return model.apply({'params': params}, x, train=True, rngs={'dropout': dropout_rng})
-
+    if batch_stats is None:
+      return model.apply({'params': params}, x, train=True, rngs={'dropout': dropout_rng}), None
+    scores, updated = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
+                                  rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    return scores, updated['batch_stats']
 
 STAGES = {
     'frontend': Stage('frontend', trains=('front_end',), with_context=False, feeds=IMAGES, loads=None,

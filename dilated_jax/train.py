@@ -47,8 +47,12 @@ def loss_and_metrics(logits, labels, num_classes: int):
 
 
 def optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Caffe's SGD: v <- momentum v - lr (g + wd w), w <- w + v; weight decay on kernels only, bias lr x bias_lr_mult."""
-  schedule = optax.piecewise_constant_schedule(cfg.lr, {int(s): cfg.lr_gamma for s in cfg.lr_steps})
+  """Caffe's SGD: v <- momentum v - lr (g + wd w), w <- w + v; weight decay on kernels only, bias lr x bias_lr_mult;
+  lr by Caffe's step or poly policy (cfg.lr_policy)."""
+  if cfg.lr_policy == 'poly':  # Caffe's iter counts from 0, as optax's step: lr at the first update, 0 after the last
+    schedule = optax.polynomial_schedule(cfg.lr, 0.0, cfg.lr_power, cfg.total_steps)
+  else:
+    schedule = optax.piecewise_constant_schedule(cfg.lr, {int(s): cfg.lr_gamma for s in cfg.lr_steps})
   leaf_is = lambda name: lambda params: jax.tree_util.tree_map_with_path(lambda p, _: p[-1].key == name, params)
   return optax.chain(
       optax.masked(optax.add_decayed_weights(cfg.weight_decay), leaf_is('kernel')),
@@ -62,22 +66,27 @@ def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mes
   """The jitted step (state, batch) -> (state, metrics): data-parallel over `mesh`, the state donated.
 
   The batch goes through `stage`'s forward pass (`stages.Stage.forward`); only the subtrees named in `trainable`
-  get gradients and updates.
+  get gradients and updates. A network with BatchNorm (the state holds batch_stats: a DRN) normalises with the
+  batch's statistics, and the running averages of the trained subtrees are updated; evaluation uses those.
   """
   forward = STAGES[stage].forward
 
   def train_step(state, batch):
     dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, 1), state['step'])
+    batch_stats = state.get('batch_stats')
 
     def loss_fn(t):
-      logits = forward(model, {**state['params'], **t}, batch['image'], dropout_rng, mean_bgr)
-      return loss_and_metrics(logits, batch['label'], num_classes)
+      logits, stats = forward(model, {**state['params'], **t}, batch['image'], dropout_rng, mean_bgr, batch_stats)
+      loss, step_metrics = loss_and_metrics(logits, batch['label'], num_classes)
+      return loss, (step_metrics, stats)
 
     t = {k: state['params'][k] for k in trainable}
-    grads, step_metrics = jax.grad(loss_fn, has_aux=True)(t)
+    grads, (step_metrics, stats) = jax.grad(loss_fn, has_aux=True)(t)
     updates, opt_state = tx.update(grads, state['opt_state'], t)
     t = optax.apply_updates(t, updates)
     new = {'step': state['step'] + 1, 'params': {**state['params'], **t}, 'opt_state': opt_state}
+    if batch_stats is not None:  # a held (untrained) subtree keeps its statistics, as its parameters
+      new['batch_stats'] = {k: stats[k] if k in trainable else v for k, v in batch_stats.items()}
     # A non-finite loss, gradient or update leaves the state as it was, so that nothing bad can reach a checkpoint;
     # the host reads the flag with the metrics it fetches anyway and stops there (docs/decisions.md).
     finite = jnp.isfinite(step_metrics['loss']) & _all_finite(grads) & _all_finite(t)
@@ -133,7 +142,7 @@ class Run:
     if cfg.model.num_classes != self.info.num_classes:
       raise InputError(f'model.num_classes: {cfg.model.num_classes}, but {self.info.name} has '
                        f'{self.info.num_classes} classes')
-    self.model = build_model(cfg.model, with_context=self.stage.with_context)
+    self.model = build_model(cfg.model, with_context=self.stage.with_context, mean_bgr=self.info.mean_bgr)
     if self.stage.with_context and self.model.context_module is None:
       raise InputError(f'model.context.dilations: stage {cfg.stage} needs a context module, got none')
     self.train_source = datasets.get_source(cfg.data, 'train')
@@ -176,14 +185,15 @@ def image_examples(cfg, source, model, info):
   return make_example, crop
 
 
-def score_examples(cfg, run: Run, front_end_params, workdir):
+def score_examples(cfg, run: Run, state, workdir):
   """make_example(i, rng) of the context stage, and its example count: the front end's score maps of every training
   image, computed once (fyu/dilation test.py --bin) and cached beside that front end, where the other context runs
   from it find them (or in this workdir, when that folder cannot be written)."""
   front_end = Predictor(cfg.model, run.info, cfg.eval.tile, run.mesh, with_context=False,
                         tiles_per_device=cfg.eval.tiles_per_device)
   folder = cfg.init_from if os.access(cfg.init_from, os.W_OK) else workdir
-  cache = score_cache.cached_scores(folder, run.train_source, front_end, {'front_end': front_end_params}, cfg.data,
+  front = {k: {'front_end': state[k]['front_end']} for k in ('params', 'batch_stats') if k in state}
+  cache = score_cache.cached_scores(folder, run.train_source, front_end, checkpoint.eval_variables(front), cfg.data,
                                     run.workers, batch_size=cfg.eval.batch_size)
   return pipeline.ScoreExamples(cache, cfg.data.flip), len(cache)
 
@@ -197,8 +207,9 @@ def resume_or_initialise(cfg, run: Run, tx, workdir) -> tuple[dict, int]:
   stage, repl = run.stage, sharding.replicated(run.mesh)
   rng = jax.random.key(cfg.seed)
   sample = jnp.zeros((1,) + run.crop + (3,))
-  shapes = jax.eval_shape(run.model.init, rng, sample)['params']  # no compilation, no initialisation: may resume
-  abstract = jax.eval_shape(lambda p: checkpoint.initial_state(p, tx, stage.trains), shapes)
+  shapes = jax.eval_shape(run.model.init, rng, sample)  # no compilation, no initialisation: may resume
+  abstract = jax.eval_shape(
+      lambda v: checkpoint.initial_state(v['params'], tx, stage.trains, v.get('batch_stats')), shapes)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
   state, step = checkpoint.restore_latest(workdir, abstract)
   if state is not None:
@@ -207,15 +218,34 @@ def resume_or_initialise(cfg, run: Run, tx, workdir) -> tuple[dict, int]:
                        f'past it (run to at least {step} steps, or give another --workdir)')
     logging.info('resumed from %s', checkpoint.step_dir(workdir, step))
     return state, step
-  params = jax.device_get(jax.jit(run.model.init)(rng, sample)['params'])
+  variables = jax.device_get(jax.jit(run.model.init)(rng, sample))
+  params, batch_stats = variables['params'], variables.get('batch_stats')
   if cfg.init_from:  # the subtrees the stage loads (context: the front end), or everything the workdir has
-    loaded = checkpoint.load_params(cfg.init_from, 'latest')
-    params = _merge(params, loaded, keys=stage.loads or tuple(loaded), source=cfg.init_from)
-  if cfg.weights:  # ImageNet VGG-16 (front end) or a released model (all it holds)
+    loaded = checkpoint.load_variables(cfg.init_from, 'latest')
+    keys = stage.loads or tuple(loaded['params'])
+    params = _merge(params, loaded['params'], keys=keys, source=cfg.init_from)
+    if batch_stats:  # a DRN's running statistics go with its parameters
+      batch_stats = _merge(batch_stats, loaded.get('batch_stats', {}), keys=[k for k in keys if k in batch_stats],
+                           source=cfg.init_from)
+  if cfg.weights and batch_stats:  # a DRN: fyu/drn's ImageNet drn.py or its segment.py DRNSeg state dict
+    params, batch_stats = _drn_weights(cfg.weights, run.model.front_end, params, batch_stats,
+                                       stage.needs_trained_front_end)
+  elif cfg.weights:  # ImageNet VGG-16 (front end) or a released model (all it holds)
     params, imported = weights.initialise(params, cfg.weights, cfg.model, run.info.mean_bgr,
                                           need_final=stage.needs_trained_front_end)
     logging.info('from %s: %s; %s', cfg.weights, ', '.join(imported.layers), '; '.join(imported.notes))
-  return jax.device_put(checkpoint.initial_state(params, tx, stage.trains), repl), 0
+  return jax.device_put(checkpoint.initial_state(params, tx, stage.trains, batch_stats), repl), 0
+
+
+def _drn_weights(path, model, params, batch_stats, need_seg: bool):
+  """params and batch_stats with the DRN front end's from a fyu/drn file (weights.load_drn checks every tensor)."""
+  front = {'params': params['front_end'], 'batch_stats': batch_stats['front_end']}
+  loaded, notes = weights.load_drn(path, model, front)
+  if need_seg and any(n.startswith('seg:') for n in notes):
+    raise InputError(f'{path}: no seg layer (ImageNet weights): a context or joint stage starts from a trained '
+                     'DRNSeg (a segment.py file), not from an ImageNet DRN')
+  logging.info('from %s: the DRN front end; %s', path, '; '.join(notes) or 'every tensor')
+  return {**params, 'front_end': loaded['params']}, {**batch_stats, 'front_end': loaded['batch_stats']}
 
 
 def _merge(params, loaded, keys, source):
@@ -422,7 +452,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   state, start = resume_or_initialise(cfg, run, tx, workdir)
   mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
   if run.stage.feeds == SCORES:
-    make_example, num_examples = score_examples(cfg, run, state['params']['front_end'], workdir)
+    make_example, num_examples = score_examples(cfg, run, state, workdir)
   else:
     make_example, num_examples = run.image_examples, len(run.train_source)
   step_fn = make_train_step(run.model, run.stage.name, run.stage.trains, tx, cfg.model.num_classes,
@@ -462,7 +492,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
       if save_now:  # before the evaluation, which may fail or be preempted: the interval's training is kept
         checkpoint.save(mngr, step, state, force=True)
       if evaluate_now and not stop:
-        result = evaluate_and_record(cfg, run, state['params'], step, log, mngr, workdir, preemption)
+        result = evaluate_and_record(cfg, run, checkpoint.eval_variables(state), step, log, mngr, workdir,
+                                     preemption)
         stop = result is None  # SIGTERM during the evaluation: the step's checkpoint is written, exit now
       if stop:
         logging.warning('preempted (SIGTERM): checkpoint at step %d written, exiting', step)
@@ -476,8 +507,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   if stop:
     raise SystemExit(128 + signal.SIGTERM)
   if result is None:  # resumed after the last step: evaluate the final parameters again
-    result = evaluate(run.predictor, state['params'], run.val_source, run.info, cfg.eval.batch_size, run.workers,
-                      boundary_width=cfg.eval.boundary_width)
+    result = evaluate(run.predictor, checkpoint.eval_variables(state), run.val_source, run.info, cfg.eval.batch_size,
+                      run.workers, boundary_width=cfg.eval.boundary_width)
   result.update(split=cfg.eval.split, step=cfg.total_steps, stage=cfg.stage, dataset=cfg.data.name)
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, 'eval', f'{cfg.eval.split}_final.json'), result)
@@ -527,6 +558,9 @@ MINIMUMS = {'batch_size': 1, 'total_steps': 1, 'log_every': 1, 'checkpoint_every
             'data.workers': -1}
 
 
+LR_POLICIES = ('step', 'poly')
+
+
 def check_settings(cfg):
   """One line naming the first field of `cfg` a run cannot use: a stage not in STAGES, a count below what a run
   needs (`keep_checkpoints` 0 would let retention delete the checkpoint just written, the preemption one included),
@@ -539,6 +573,10 @@ def check_settings(cfg):
       value = value[key]
     if not isinstance(value, int) or value < least:
       raise InputError(f'{field}: expected an integer >= {least}, got {value!r}')
+  if cfg.lr_policy not in LR_POLICIES:
+    raise InputError(f'lr_policy: expected one of {LR_POLICIES}, got {cfg.lr_policy!r}')
+  if cfg.lr_policy == 'poly' and tuple(cfg.lr_steps):
+    raise InputError(f"lr_steps: {tuple(cfg.lr_steps)} are the 'step' policy's; lr_policy 'poly' decays every step")
   steps = tuple(cfg.profile_steps)
   if steps and (len(steps) != 2 or not all(isinstance(s, int) for s in steps) or not 1 <= steps[0] <= steps[1]):
     raise InputError(f'profile_steps: expected () or (first, last) with 1 <= first <= last, got {steps}')

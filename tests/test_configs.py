@@ -32,6 +32,7 @@ ARGS = {
     'camvid_scratch': [None, 'stage=frontend', 'stage=joint'],
     'kitti_dilation7': [None, 'stage=frontend', 'stage=joint'],
     'cityscapes_dilation10': [None, 'stage=frontend', 'stage=context', 'stage=joint'],
+    'camvid_drn': [None, 'variant=drn_d_22', 'variant=drn_c_26'],
 }
 CASES = [(name, arg) for name, args in ARGS.items() for arg in args]
 
@@ -123,6 +124,9 @@ PAPER = [
     ('cityscapes_dilation10', 'stage=joint', {'data.crop': (1396, 1396), 'batch_size': 1, 'lr': 1e-5,
                                               'momentum': 0.99, 'total_steps': 60_000, 'model.upsample': 'deconv',
                                               'model.context.dilations': context.DILATION10}),
+    ('camvid_drn', None, {'model.backbone': 'drn', 'model.drn.variant': 'drn_d_22', 'model.upsample': 'deconv',
+                          'lr': 0.01, 'momentum': 0.9, 'weight_decay': 1e-4, 'lr_policy': 'poly', 'lr_power': 0.9,
+                          'bias_lr_mult': 1.0, 'eval.split': 'test'}),
 ]
 
 

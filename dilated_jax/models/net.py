@@ -7,21 +7,26 @@ import jax.numpy as jnp
 import ml_collections
 
 from dilated_jax import InputError
-from dilated_jax.models import context as ctx
+from dilated_jax.models import context as ctx, drn
 from dilated_jax.models.context import ContextModule
 from dilated_jax.models.frontend import FrontEnd, check_front_end
 from dilated_jax.models.layers import bilinear_deconv, bilinear_zoom
 
 UPSAMPLINGS = ('zoom', 'deconv')
+# vgg16: the paper's front end (FrontEnd, model.front_end); drn: a Dilated Residual Network (models/drn.py's DRNSeg,
+# model.drn) in its place, class scores at 1/8 as the front end's.
+BACKBONES = ('vgg16', 'drn')
 
 
 class DilationNet(nn.Module):
   """Front end then (optionally) the context module; returns class scores at 1/stride resolution.
 
-  Parameters live under 'front_end' and 'context_module', so each training stage can hold the part it trains.
+  Parameters live under 'front_end' and 'context_module', so each training stage can hold the part it trains. The
+  front end is the VGG-16 FrontEnd or a DRNSeg (model.backbone), whose BatchNorm statistics are the batch_stats
+  collection, under 'front_end' too.
   """
 
-  front_end: FrontEnd
+  front_end: FrontEnd | drn.DRNSeg
   context_module: ContextModule | None = None
 
   def __call__(self, x, train: bool = False):
@@ -64,6 +69,11 @@ def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
       # (noise_std C / c_out).
       context=dict(dilations=ctx.BASIC, channel_multipliers=(), padding='same', initialisation='identity',
                    noise_std=0.01, noise='fixed'),
+      backbone='vgg16',  # one of BACKBONES
+      # backbone 'drn': variant one of models/drn.py's VARIANTS; width scales every channel count (1: the paper's);
+      # norm_mean_rgb / norm_std_rgb: the RGB / 255 normalisation its weights expect (ImageNet's; fyu/drn's
+      # segment.py models: their info.json's)
+      drn=dict(variant='drn_d_22', width=1.0, norm_mean_rgb=drn.IMAGENET_MEAN_RGB, norm_std_rgb=drn.IMAGENET_STD_RGB),
       upsample='zoom',
       dtype='float32',  # compute dtype; parameters stay float32
   ))
@@ -85,11 +95,31 @@ def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
   return cfg
 
 
-def build_model(cfg: ml_collections.ConfigDict, with_context: bool = True) -> DilationNet:
-  """A DilationNet from the model fields of a config; with_context=False or no dilations gives the front end alone."""
+def build_model(cfg: ml_collections.ConfigDict, with_context: bool = True, mean_bgr=None) -> DilationNet:
+  """A DilationNet from the model fields of a config; with_context=False or no dilations gives the front end alone.
+
+  mean_bgr: the dataset mean the input is centred with (data/pipeline.py), which a DRN's input normalisation adds
+  back; None (zeros) only where the numbers do not matter (shapes, benchmarks).
+  """
   dtype = jnp.dtype(cfg.dtype)
-  check_front_end(cfg.front_end)
-  front_end = FrontEnd(num_classes=cfg.num_classes, dtype=dtype, **cfg.front_end.to_dict())
+  if cfg.backbone not in BACKBONES:
+    raise InputError(f'model.backbone: expected one of {BACKBONES}, got {cfg.backbone!r}')
+  if cfg.backbone == 'drn':
+    base = drn.drn(cfg.drn.variant, width=cfg.drn.width, dtype=dtype)  # an unknown variant: one line naming it
+    if not isinstance(cfg.drn.width, (int, float)) or not cfg.drn.width > 0:
+      raise InputError(f'model.drn.width: expected a positive scale of the channels, got {cfg.drn.width!r}')
+    for field in ('norm_mean_rgb', 'norm_std_rgb'):
+      value = tuple(cfg.drn[field])
+      if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value) or (
+          field == 'norm_std_rgb' and not all(v > 0 for v in value)):
+        raise InputError(f'model.drn.{field}: expected 3 numbers (R, G, B){", each > 0" * (field == "norm_std_rgb")}'
+                         f', got {value}')
+    front_end = drn.DRNSeg(base, num_classes=cfg.num_classes, dtype=dtype,
+                           mean_bgr=tuple(mean_bgr) if mean_bgr is not None else (0.0, 0.0, 0.0),
+                           norm_mean_rgb=tuple(cfg.drn.norm_mean_rgb), norm_std_rgb=tuple(cfg.drn.norm_std_rgb))
+  else:
+    check_front_end(cfg.front_end)
+    front_end = FrontEnd(num_classes=cfg.num_classes, dtype=dtype, **cfg.front_end.to_dict())
   context_module = None
   if cfg.context.dilations:  # checked for the front-end stage too: the next stage runs from the same config
     ctx.check_schedule(cfg.context.dilations, cfg.context.channel_multipliers, cfg.context.padding,

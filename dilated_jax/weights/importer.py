@@ -299,22 +299,33 @@ def import_weights(path: str, model_cfg: ml_collections.ConfigDict, mean_bgr, wi
 
 
 def check_params(params: dict, model_cfg: ml_collections.ConfigDict, source: str):
-  """Raises ValueError naming the first layer whose shape differs from the network's (a checkpoint's params)."""
+  """Raises ValueError naming the first layer whose shape differs from the network's (a checkpoint's params); layers
+  at any depth (a DRN's front_end/base/layer3/0/conv1)."""
   want = template(model_cfg, with_context='context_module' in params)
   for module, group in want.items():
     if module not in params:
       raise InputError(f'{source}: no {module} parameters')
-    for name, shapes in group.items():
-      for leaf, shape in shapes.items():
-        got = params[module].get(name, {}).get(leaf)
-        if got is None:
-          raise InputError(f'{source}: no {module}/{name}/{leaf}, which this network needs')
-        if tuple(got.shape) != shape:
-          raise InputError(f'{source}: {module}/{name}/{leaf} has shape {tuple(got.shape)}, this network wants '
-                           f'{shape}')
-    extra = sorted(set(params[module]) - set(group))
+    got = _leaves(params[module])
+    for path, shape in _leaves(group, shapes=True).items():
+      if path not in got:
+        raise InputError(f'{source}: no {module}/{path}, which this network needs')
+      if got[path] != shape:
+        raise InputError(f'{source}: {module}/{path} has shape {got[path]}, this network wants {shape}')
+    extra = sorted(set(got) - set(_leaves(group, shapes=True)))
     if extra:
-      raise InputError(f'{source}: {module}/{extra[0]} has no place in this network: another preset?')
+      raise InputError(f'{source}: {module}/{extra[0].rpartition("/")[0]} has no place in this network: another '
+                       'preset?')
+
+
+def _leaves(tree: dict, shapes: bool = False) -> dict[str, tuple]:
+  """'layer/leaf' -> shape of every array of a nested dict (of shape tuples, with `shapes`)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update({f'{key}/{k}': v for k, v in _leaves(value, shapes).items()})
+    else:
+      out[str(key)] = tuple(value) if shapes else tuple(np.shape(value))
+  return out
 
 
 def network_params(path: str, model_cfg: ml_collections.ConfigDict, mean_bgr, which: str = 'best'):
