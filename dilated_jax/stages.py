@@ -46,6 +46,7 @@ class Stage:
                                   rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
     return scores, updated['batch_stats']
 
+
 STAGES = {
     'frontend': Stage('frontend', trains=('front_end',), with_context=False, feeds=IMAGES, loads=None,
                       needs_trained_front_end=False),

@@ -114,8 +114,10 @@ def summarise(runs: list[dict], workdir: str) -> list[dict]:
         continue
       with open(path) as f:
         result = json.load(f)
-      g = groups.setdefault(group, dict(group=group, receptive_field=receptive_field_px(run), miou=[], seeds=[],
-                                        iou=[], boundary=[]))
+      if group not in groups:  # the receptive field builds the network: once per group
+        groups[group] = dict(group=group, receptive_field=receptive_field_px(run), miou=[], seeds=[], iou=[],
+                             boundary=[])
+      g = groups[group]
       g['miou'].append(100 * result['miou'])
       g['boundary'].append(100 * result['boundary_miou'] if 'boundary_miou' in result else np.nan)
       g['seeds'].append(run['seed'])

@@ -105,9 +105,9 @@ def build_model(cfg: ml_collections.ConfigDict, with_context: bool = True, mean_
   if cfg.backbone not in BACKBONES:
     raise InputError(f'model.backbone: expected one of {BACKBONES}, got {cfg.backbone!r}')
   if cfg.backbone == 'drn':
-    base = drn.drn(cfg.drn.variant, width=cfg.drn.width, dtype=dtype)  # an unknown variant: one line naming it
     if not isinstance(cfg.drn.width, (int, float)) or not cfg.drn.width > 0:
       raise InputError(f'model.drn.width: expected a positive scale of the channels, got {cfg.drn.width!r}')
+    base = drn.drn(cfg.drn.variant, width=cfg.drn.width, dtype=dtype)  # an unknown variant: one line naming it
     for field in ('norm_mean_rgb', 'norm_std_rgb'):
       value = tuple(cfg.drn[field])
       if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value) or (
