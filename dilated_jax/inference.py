@@ -18,7 +18,7 @@ import numpy as np
 
 from dilated_jax import InputError, checkpoint, dense_crf, metrics, progress, sharding, weights
 from dilated_jax.data import pipeline, tiling
-from dilated_jax.models import build_model, label_offset, upsample_probabilities
+from dilated_jax.models import build_model, crf as crf_lib, label_offset, upsample_probabilities
 
 
 def stitch(maps, grid):
@@ -48,12 +48,14 @@ class Predictor:
   and do not overlap; short tiles at the bottom and right are reflect-padded. Each device runs its tiles through the
   network `tiles_per_device` at a time, so that memory does not grow with an image's size. Scores are stitched,
   turned into probabilities, upsampled (zoom: softmax of the stitched map, then x8; deconv: per tile, as
-  in-network), cropped.
+  in-network), cropped. With `crf` (a network trained with the CRF-RNN layer: its parameters hold 'crf') the layer
+  then refines the probabilities of each whole image, the batch's padding masked out (model.crf, test_iterations).
   """
 
   def __init__(self, model_cfg: ml_collections.ConfigDict, info, tile, mesh, with_context: bool = True,
-               tiles_per_device: int = 8):
+               tiles_per_device: int = 8, crf: bool = False):
     self.model = build_model(model_cfg, with_context=with_context, mean_bgr=info.mean_bgr)
+    self.crf = crf_lib.build(model_cfg.crf) if crf else None
     self.upsample = model_cfg.upsample
     self.mean_bgr, self.mesh = info.mean_bgr, mesh
     fe = self.model.front_end
@@ -75,12 +77,22 @@ class Predictor:
 
     return jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P('data')), out_specs=P('data'))(params, tiles)
 
-  def _upsampled(self, tile_scores, grid, out_hw):
-    """(B, out_h, out_w, C) probabilities of the batch's tile scores on `grid`, cropped to out_hw."""
+  def _upsampled(self, params, tile_scores, grid, out_hw, rgb=None, sizes=None):
+    """(B, out_h, out_w, C) probabilities of the batch's tile scores on `grid`, cropped to out_hw; with the CRF
+    layer, refined on the (B, out_h, out_w, 3) RGB images whose own (height, width) are `sizes`."""
     if self.upsample == 'zoom':
-      return upsample_probabilities(stitch(tile_scores, grid), 'zoom', self.stride, out_hw)
-    probs = stitch(upsample_probabilities(tile_scores, 'deconv', self.stride, self.tile), grid)
-    return probs[:, :out_hw[0], :out_hw[1]]
+      probs = upsample_probabilities(stitch(tile_scores, grid), 'zoom', self.stride, out_hw)
+    else:
+      probs = stitch(upsample_probabilities(tile_scores, 'deconv', self.stride, self.tile), grid)
+      probs = probs[:, :out_hw[0], :out_hw[1]]
+    if self.crf is None:
+      return probs
+    rows, cols = jnp.arange(out_hw[0]), jnp.arange(out_hw[1])
+    valid = (rows[None, :, None] < sizes[:, 0, None, None]) & (cols[None, None, :] < sizes[:, 1, None, None])
+    crf_params = (params['params'] if 'params' in params else params)['crf']
+    layer = crf_lib.fitted(self.crf, out_hw)
+    scores = layer.apply({'params': crf_params}, crf_lib.unaries(probs), rgb.astype(jnp.float32), valid)
+    return jax.nn.softmax(scores, axis=-1)
 
   @functools.lru_cache(maxsize=None)
   def _jitted(self, grid):
@@ -88,14 +100,16 @@ class Predictor:
     repl, rows = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
     full = (grid[0] * self.tile[0], grid[1] * self.tile[1])
 
-    def confusion(params, tiles, label_sets, num_classes):
-      preds = jnp.argmax(self._upsampled(self._tile_scores(params, tiles), grid, full), axis=-1)
+    def confusion(params, tiles, label_sets, rgb, sizes, num_classes):
+      probs = self._upsampled(params, self._tile_scores(params, tiles), grid, full, rgb, sizes)
+      preds = jnp.argmax(probs, axis=-1)
       return jnp.stack([metrics.confusion_matrix(labels, preds, num_classes) for labels in label_sets])
 
     return (jax.jit(self._tile_scores, in_shardings=(repl, rows), out_shardings=rows),
-            jax.jit(lambda scores, out_hw: self._upsampled(scores, grid, out_hw), in_shardings=(rows,),
-                    out_shardings=rows, static_argnums=1),
-            jax.jit(confusion, in_shardings=(repl, rows, rows), out_shardings=repl, static_argnums=3))
+            jax.jit(lambda params, scores, out_hw, rgb, sizes: self._upsampled(params, scores, grid, out_hw, rgb,
+                                                                             sizes),
+                    in_shardings=(repl, rows, rows, rows), out_shardings=rows, static_argnums=2),
+            jax.jit(confusion, in_shardings=(repl, rows, rows, rows, rows), out_shardings=repl, static_argnums=5))
 
   @functools.lru_cache(maxsize=None)
   def scores_fn(self, grid):
@@ -108,10 +122,12 @@ class Predictor:
   def probabilities(self, params, images) -> list[np.ndarray]:
     """Full-resolution (H, W, C) float32 class probabilities of each image; the upsampling covers the batch's
     largest image, not its tile grid."""
-    grid, local = self.tiling.batch(images, rows=sharding.process_rows(len(images)))
+    grid, local = self.tiling.batch(images, rows=sharding.process_rows(len(images)), rgb=self.crf is not None)
     scores_fn, upsampled_fn, _ = self._jitted(grid)
     out_hw = tuple(max(im.shape[i] for im in images) for i in (0, 1))
-    probs = upsampled_fn(scores_fn(params, sharding.global_batch(self.mesh, local)['tiles']), out_hw)
+    batch = sharding.global_batch(self.mesh, local)
+    rgb = batch['rgb'][:, :out_hw[0], :out_hw[1]] if 'rgb' in batch else None
+    probs = upsampled_fn(params, scores_fn(params, batch['tiles']), out_hw, rgb, batch.get('sizes'))
     probs = np.asarray(multihost_utils.process_allgather(probs, tiled=True))
     return [p[:im.shape[0], :im.shape[1]] for p, im in zip(probs, images)]
 
@@ -121,7 +137,8 @@ class Predictor:
     makes them: one per label set, the boundary band's second."""
     batch = sharding.global_batch(self.mesh, local)
     label_sets = tuple(batch[k] for k in ('labels', 'boundary_labels') if k in batch)
-    return self._jitted(grid)[2](params, batch['tiles'], label_sets, num_classes)
+    return self._jitted(grid)[2](params, batch['tiles'], label_sets, batch.get('rgb'), batch.get('sizes'),
+                                 num_classes)
 
 
 def restore(workdir: str, which: str, cfg: ml_collections.ConfigDict, info, mesh):
@@ -133,7 +150,7 @@ def restore(workdir: str, which: str, cfg: ml_collections.ConfigDict, info, mesh
   params = variables['params']
   weights.check_params(params, cfg.model, workdir)
   predictor = Predictor(cfg.model, info, cfg.eval.tile, mesh, with_context='context_module' in params,
-                        tiles_per_device=cfg.eval.tiles_per_device)
+                        tiles_per_device=cfg.eval.tiles_per_device, crf='crf' in params)
   return predictor, jax.device_put(checkpoint.eval_variables(variables), sharding.replicated(mesh))
 
 
@@ -191,7 +208,7 @@ def _network_confusions(predictor, params, source, num_classes, batch_size, work
   device."""
   del crf
   read = tiling.TiledBatches(source, predictor.tiling, batch_size, sharding.process_rows(batch_size),
-                             boundary_width=boundary_width)
+                             boundary_width=boundary_width, rgb=predictor.crf is not None)
   batches = pipeline.ordered_map(read, range(len(read)), workers)
   try:
     for b, local in enumerate(batches):

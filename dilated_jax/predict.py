@@ -126,7 +126,8 @@ def main(argv):
   pictures = [read_image(p, tile, FLAGS.max_pixels) for p in paths]  # every file is checked before anything is written
   cli.check_writable(FLAGS.output_dir, '--output_dir')
   mesh = sharding.make_mesh()
-  predictor = Predictor(model_cfg, info, tile, mesh, with_context=with_context, tiles_per_device=tiles_per_device)
+  predictor = Predictor(model_cfg, info, tile, mesh, with_context=with_context, tiles_per_device=tiles_per_device,
+                        crf='crf' in params.get('params', params))  # trained with the CRF-RNN layer
   params = jax.device_put(params, sharding.replicated(mesh))
 
   def probabilities():

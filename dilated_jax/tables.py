@@ -27,27 +27,29 @@ NO_FIGURE = 'no paper figure'
 
 
 def paper_row(table: int, run: dict) -> str | None:
-  """The row of `table` that `run` reproduces, by what the run is: its stage, its context module, its split and (VOC)
-  the data its front end saw; None where the paper gives no figure for such a run.
+  """The row of `table` that `run` reproduces, by what the run is: its network (front end alone, or its context
+  module), its CRF, its split and (VOC) the data its front end saw; None where the paper gives no figure for such a
+  run.
 
   VOC (section 5): Table 2 is the front end trained on VOC + SBD (test only); Tables 3 (val) and 4 (test) build on
   the COCO-trained front end, with Basic and Large modules on val and the Large one ('Context') on test, each also
-  with the dense CRF (run['crf'] == 'dense': the "+ CRF" rows; on test only the Large one's). The urban datasets'
-  Dilation7/8/10 are front end + context module (section 6): a front end alone, or with a CRF, has no figure.
+  with the dense CRF (run['crf'] == 'dense': the "+ CRF" rows) and with the trained CRF-RNN layer ('rnn': "+ RNN",
+  Table 4's "+ CRF-RNN"); on test only the Large one's. The urban datasets' Dilation7/8/10 are front end + context
+  module (section 6): a front end alone, or with a CRF, has no figure.
   """
-  stage, context, training, crf = run.get('stage'), run.get('context'), run.get('training'), run.get('crf')
+  context, training, crf = run.get('context'), run.get('training'), run.get('crf')
   if table == 2:
-    return 'Our front end' if stage == 'frontend' and training == 'voc_sbd' and not crf else None
+    return 'Our front end' if context is None and training == 'voc_sbd' and not crf else None
   if table in (3, 4):
     if training != 'coco':
       return None
     if table == 3:
-      row = 'Front end' if stage == 'frontend' else {'basic': 'Front + Basic', 'large': 'Front + Large'}.get(context)
-      return row and row + (' + CRF' if crf else '')
-    if stage == 'frontend':
+      row = 'Front end' if context is None else {'basic': 'Front + Basic', 'large': 'Front + Large'}.get(context)
+      return row and row + {'dense': ' + CRF', 'rnn': ' + RNN'}.get(crf, '')
+    if context is None:
       return None if crf else 'Front end'
-    return {'large': 'Context + CRF' if crf else 'Context'}.get(context)
-  if stage not in ('context', 'joint') or crf:
+    return 'Context' + {'dense': ' + CRF', 'rnn': ' + CRF-RNN'}.get(crf, '') if context == 'large' else None
+  if run.get('stage') not in ('context', 'joint') or crf:
     return None
   return {5: 'Dilation8', 6: 'Dilation7', 7: run.get('split'), 8: run.get('split')}[table]
 
@@ -74,16 +76,19 @@ def training_data(config: dict, seen=()) -> str | None:
 
 def load_runs(workdirs) -> list[dict]:
   """One entry per evaluation JSON: name (the workdir's name), dataset, split, stage, context ('basic', 'large' or
-  None), training (VOC: `training_data`), crf ('dense' when evaluated with the dense CRF, else None), per-class IoU,
-  mIoU."""
+  None), training (VOC: `training_data`), crf ('dense' when evaluated with the dense CRF, 'rnn' for a network
+  trained with the CRF-RNN layer, else None), per-class IoU, mIoU."""
   runs = []
   for workdir in workdirs:
     paths = sorted(glob.glob(os.path.join(workdir, 'eval', '*.json')))
     if not paths:
       raise FileNotFoundError(f'{workdir}/eval: no evaluation JSON (run dilated_jax.evaluate on this workdir)')
     config = _config(workdir)
-    multipliers = config.get('model', {}).get('context', {}).get('channel_multipliers') or ()
+    context = config.get('model', {}).get('context', {})
+    multipliers = context.get('channel_multipliers') or ()
     stage = config.get('stage')
+    rnn = stage in ('crf', 'crf_joint')  # on the front end alone where the config has no context module
+    front_alone = stage == 'frontend' or (rnn and not context.get('dilations'))
     for path in paths:
       with open(path) as f:
         result = json.load(f)
@@ -93,8 +98,9 @@ def load_runs(workdirs) -> list[dict]:
       runs.append(dict(
           name=f'{os.path.basename(os.path.normpath(workdir))} ({os.path.splitext(os.path.basename(path))[0]})',
           dataset=result.get('dataset') or config.get('data', {}).get('name'), split=result['split'], stage=stage,
-          context=None if stage == 'frontend' else 'large' if max(multipliers, default=1) > 1 else 'basic',
-          training=training_data(config), crf='dense' if result.get('crf') else None, iou=result['iou'],
+          context=None if front_alone else 'large' if max(multipliers, default=1) > 1 else 'basic',
+          training=training_data(config), crf='dense' if result.get('crf') else 'rnn' if rnn else None,
+          iou=result['iou'],
           miou=result['miou'],
           category_iou=result.get('category_iou'), category_miou=result.get('category_miou')))
   return runs

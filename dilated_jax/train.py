@@ -28,8 +28,8 @@ from dilated_jax import receptive_field as rf
 from dilated_jax.data import pipeline
 from dilated_jax.data.info import IGNORE_LABEL
 from dilated_jax.inference import Predictor, evaluate, report
-from dilated_jax.models import build_model, label_offset
-from dilated_jax.stages import SCORES, STAGES, Stage
+from dilated_jax.models import build_model, crf as crf_lib, label_offset
+from dilated_jax.stages import SCORES, STAGES, Stage, output_region
 
 # ------------------------------------------------------------------ loss, optimizer, the step
 
@@ -62,12 +62,14 @@ def optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
       optax.trace(decay=cfg.momentum))
 
 
-def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mesh, mean_bgr):
+def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mesh, mean_bgr, crf=None,
+                    upsample: str = 'zoom'):
   """The jitted step (state, batch) -> (state, metrics): data-parallel over `mesh`, the state donated.
 
-  The batch goes through `stage`'s forward pass (`stages.Stage.forward`); only the subtrees named in `trainable`
-  get gradients and updates. A network with BatchNorm (the state holds batch_stats: a DRN) normalises with the
-  batch's statistics, and the running averages of the trained subtrees are updated; evaluation uses those.
+  The batch goes through `stage`'s forward pass (`stages.Stage.forward`, with the CRF layer `crf` on top in the CRF
+  stages); only the subtrees named in `trainable` get gradients and updates. A network with BatchNorm (the state
+  holds batch_stats: a DRN) normalises with the batch's statistics, and the running averages of the trained subtrees
+  are updated; evaluation uses those.
   """
   forward = STAGES[stage].forward
 
@@ -76,7 +78,8 @@ def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mes
     batch_stats = state.get('batch_stats')
 
     def loss_fn(t):
-      logits, stats = forward(model, {**state['params'], **t}, batch['image'], dropout_rng, mean_bgr, batch_stats)
+      logits, stats = forward(model, {**state['params'], **t}, batch['image'], dropout_rng, mean_bgr, batch_stats,
+                              crf, upsample)
       loss, step_metrics = loss_and_metrics(logits, batch['label'], num_classes)
       return loss, (step_metrics, stats)
 
@@ -142,17 +145,22 @@ class Run:
     if cfg.model.num_classes != self.info.num_classes:
       raise InputError(f'model.num_classes: {cfg.model.num_classes}, but {self.info.name} has '
                        f'{self.info.num_classes} classes')
-    self.model = build_model(cfg.model, with_context=self.stage.with_context, mean_bgr=self.info.mean_bgr)
+    self.model = build_model(cfg.model, with_context=self.stage.with_context is not False,
+                             mean_bgr=self.info.mean_bgr)
     if self.stage.with_context and self.model.context_module is None:
       raise InputError(f'model.context.dilations: stage {cfg.stage} needs a context module, got none')
+    self.crf = crf_lib.build(cfg.model.crf) if self.stage.with_crf else None
+    has = {'front_end': True, 'context_module': self.model.context_module is not None, 'crf': self.crf is not None}
+    self.trains = tuple(k for k in self.stage.trains if has[k])  # the trained subtrees this network has
     self.train_source = datasets.get_source(cfg.data, 'train')
     self.val_source = datasets.get_source(cfg.data, cfg.eval.split)
     for split, source in (('train', self.train_source), (cfg.eval.split, self.val_source)):
       if not len(source):
         raise InputError(f'data: the {split} split of {self.info.name} holds no images')
-    self.predictor = Predictor(cfg.model, self.info, cfg.eval.tile, self.mesh, with_context=self.stage.with_context,
-                               tiles_per_device=cfg.eval.tiles_per_device)
-    self.image_examples, self.crop = image_examples(cfg, self.train_source, self.model, self.info)
+    self.predictor = Predictor(cfg.model, self.info, cfg.eval.tile, self.mesh,
+                               with_context=self.model.context_module is not None,
+                               tiles_per_device=cfg.eval.tiles_per_device, crf=self.crf is not None)
+    self.image_examples, self.crop, self.out_hw = image_examples(cfg, self.train_source, self.model, self.info)
     if self.stage.needs_trained_front_end and not cfg.init_from and not cfg.weights:
       raise InputError(f'init_from: stage {cfg.stage} starts from the workdir of the previous stage; none given')
     if cfg.init_from and cfg.weights:
@@ -161,7 +169,8 @@ class Run:
 
 
 def image_examples(cfg, source, model, info):
-  """make_example(i, rng) of the image stages (frontend, joint) and the training crop (arXiv 1511.07122 section 4)."""
+  """make_example(i, rng) of the image stages (frontend, joint, crf), the training crop (arXiv 1511.07122 section 4)
+  and the size of its output."""
   fe = model.front_end
   crop = tuple(cfg.data.crop)
   if crop == (0, 0):  # the whole image: all images must share one size
@@ -181,8 +190,9 @@ def image_examples(cfg, source, model, info):
   make_example = pipeline.ImageExamples(source, info.num_classes, crop=crop, margin=fe.margin, stride=fe.stride,
                                         out_hw=out_hw, flip=cfg.data.flip,
                                         scale_range=tuple(cfg.data.scale_range),
-                                        label_offset=label_offset(cfg.model.upsample, fe.stride))
-  return make_example, crop
+                                        label_offset=label_offset(cfg.model.upsample, fe.stride),
+                                        full_resolution=STAGES[cfg.stage].with_crf)
+  return make_example, crop, out_hw
 
 
 def score_examples(cfg, run: Run, state, workdir):
@@ -206,10 +216,9 @@ def resume_or_initialise(cfg, run: Run, tx, workdir) -> tuple[dict, int]:
   with what the stage loads from init_from or the weights file put in place."""
   stage, repl = run.stage, sharding.replicated(run.mesh)
   rng = jax.random.key(cfg.seed)
-  sample = jnp.zeros((1,) + run.crop + (3,))
-  shapes = jax.eval_shape(run.model.init, rng, sample)  # no compilation, no initialisation: may resume
+  shapes = jax.eval_shape(lambda r: initial_variables(run, r), rng)  # no compilation, no initialisation: may resume
   abstract = jax.eval_shape(
-      lambda v: checkpoint.initial_state(v['params'], tx, stage.trains, v.get('batch_stats')), shapes)
+      lambda v: checkpoint.initial_state(v['params'], tx, run.trains, v.get('batch_stats')), shapes)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
   state, step = checkpoint.restore_latest(workdir, abstract)
   if state is not None:
@@ -218,7 +227,7 @@ def resume_or_initialise(cfg, run: Run, tx, workdir) -> tuple[dict, int]:
                        f'past it (run to at least {step} steps, or give another --workdir)')
     logging.info('resumed from %s', checkpoint.step_dir(workdir, step))
     return state, step
-  variables = jax.device_get(jax.jit(run.model.init)(rng, sample))
+  variables = jax.device_get(jax.jit(lambda r: initial_variables(run, r))(rng))
   params, batch_stats = variables['params'], variables.get('batch_stats')
   if cfg.init_from:  # the subtrees the stage loads (context: the front end), or everything the workdir has
     loaded = checkpoint.load_variables(cfg.init_from, 'latest')
@@ -234,7 +243,18 @@ def resume_or_initialise(cfg, run: Run, tx, workdir) -> tuple[dict, int]:
     params, imported = weights.initialise(params, cfg.weights, cfg.model, run.info.mean_bgr,
                                           need_final=stage.needs_trained_front_end)
     logging.info('from %s: %s; %s', cfg.weights, ', '.join(imported.layers), '; '.join(imported.notes))
-  return jax.device_put(checkpoint.initial_state(params, tx, stage.trains, batch_stats), repl), 0
+  return jax.device_put(checkpoint.initial_state(params, tx, run.trains, batch_stats), repl), 0
+
+
+def initial_variables(run: Run, rng) -> dict:
+  """The network's variables at initialisation, on a crop of the training size; in the CRF stages with the CRF
+  layer's parameters beside them, as 'crf' (Potts compatibility, the configured kernel weights)."""
+  variables = run.model.init(rng, jnp.zeros((1,) + run.crop + (3,)))
+  if run.crf is None:
+    return variables
+  hw = output_region(run.model.front_end, run.out_hw)[1]
+  crf = run.crf.init(rng, jnp.zeros((1,) + hw + (run.info.num_classes,)), jnp.zeros((1,) + hw + (3,)))
+  return {**variables, 'params': {**variables['params'], 'crf': crf['params']}}
 
 
 def _drn_weights(path, model, params, batch_stats, need_seg: bool):
@@ -252,10 +272,10 @@ def _merge(params, loaded, keys, source):
   """params with the subtrees `keys` replaced by those of `loaded`, after checking every shape."""
   out = dict(params)
   for key in keys:
-    if key not in loaded:
-      raise InputError(f'init_from: {source} has no {key} parameters (found {sorted(loaded)})')
     if key not in params:
       continue
+    if key not in loaded:
+      raise InputError(f'init_from: {source} has no {key} parameters (found {sorted(loaded)})')
     want = jax.tree_util.tree_flatten_with_path(params[key])[0]
     got = dict(jax.tree_util.tree_flatten_with_path(loaded[key])[0])
     for path, leaf in want:
@@ -455,8 +475,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
     make_example, num_examples = score_examples(cfg, run, state, workdir)
   else:
     make_example, num_examples = run.image_examples, len(run.train_source)
-  step_fn = make_train_step(run.model, run.stage.name, run.stage.trains, tx, cfg.model.num_classes,
-                            jax.random.key(cfg.seed), run.mesh, run.info.mean_bgr)
+  step_fn = make_train_step(run.model, run.stage.name, run.trains, tx, cfg.model.num_classes,
+                            jax.random.key(cfg.seed), run.mesh, run.info.mean_bgr, run.crf, cfg.model.upsample)
 
   # --- the loop's companions. Closed at the end, in this order, whatever happened: the input workers stop, the last
   # save is waited for, the logs and the profile are written, the SIGTERM handler is restored.

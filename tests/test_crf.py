@@ -48,6 +48,37 @@ def test_layer_window_keeps_only_pairs_inside_it():
   assert np.abs(uncut - want).max() > 1e-2  # the cut matters here, so the comparison above can fail
 
 
+def test_layer_leaves_out_the_padding_of_a_batch():
+  """An image padded to a batch's size, its padding marked invalid: at downsample 1 its pixels get exactly the
+  scores of the image alone (no message from the padding, none of it in a normaliser); at downsample 2 the padding
+  still sends nothing, checked against noise put there."""
+  h, w, c, ph, pw = 6, 7, 3, 9, 11
+  image, probs, _ = ref.scene(h, w, c, seed=3)
+  unaries = np.log(probs)
+  rng = np.random.default_rng(4)
+  padded_u = rng.normal(size=(ph, pw, c)).astype(np.float32)
+  padded_u[:h, :w] = unaries
+  padded_im = rng.uniform(0, 255, (ph, pw, 3)).astype(np.float32)
+  padded_im[:h, :w] = image
+  valid = np.zeros((1, ph, pw), np.float32)
+  valid[0, :h, :w] = 1
+  for downsample in (1, 2):
+    crf = MeanFieldCRF(theta_alpha=4.0, theta_beta=40.0, theta_gamma=1.5, window=2 * -(-pw // downsample) - 1,
+                       downsample=downsample,
+                       test_iterations=3)
+    variables = crf.init(jax.random.key(0), padded_u[None], padded_im[None])
+    got = np.asarray(crf.apply(variables, padded_u[None], padded_im[None], valid)[0, :h, :w])
+    noise = rng.normal(size=padded_u.shape).astype(np.float32) * 5
+    noise[:h, :w] = 0
+    other = np.asarray(crf.apply(variables, (padded_u + noise)[None], padded_im[None], valid)[0, :h, :w])
+    np.testing.assert_allclose(other, got, atol=1e-5)  # what the padding holds does not reach the image
+    if downsample == 1:
+      want = ref.mean_field(unaries, image, 4.0, 40.0, 1.5, 3.0, 5.0, iterations=3)
+      np.testing.assert_allclose(got, want, atol=2e-5)
+      unmasked = np.asarray(crf.apply(variables, padded_u[None], padded_im[None])[0, :h, :w])
+      assert np.abs(unmasked - want).max() > 1e-2  # the padding would matter, so the comparison above can fail
+
+
 def test_layer_iterations_for_training_and_test():
   h, w, c = 6, 6, 3
   image, probs, _ = ref.scene(h, w, c)

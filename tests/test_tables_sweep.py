@@ -123,6 +123,25 @@ def test_an_evaluation_with_the_dense_crf_meets_the_crf_row_of_what_it_trains(tm
         assert tables.paper_row(table, run) == row, (spec, parent, split, table)
 
 
+def test_a_network_trained_with_the_crf_rnn_layer_meets_the_rnn_row_of_what_it_is_on(tmp_path):
+  """The "+ RNN" rows (Table 3) and Table 4's "Context + CRF-RNN": experiments/voc_crf.py on the COCO-trained front
+  end alone or with a module, layer alone or end to end; a dense CRF on such a run is not an RNN row."""
+  expected = {  # experiment -> {split: {table: row}}
+      'voc_crf.py:on=frontend': {'val': {3: 'Front end + RNN'}, 'test': {2: None, 4: None}},
+      'voc_crf.py:on=basic': {'val': {3: 'Front + Basic + RNN'}, 'test': {4: None}},
+      'voc_crf.py:on=large': {'val': {3: 'Front + Large + RNN'}, 'test': {4: 'Context + CRF-RNN'}},
+      'voc_crf.py:on=large,stage=crf_joint': {'val': {3: 'Front + Large + RNN'}},
+  }
+  coco = experiment_workdir(tmp_path, 'coco', 'experiments/voc_frontend.py:data=coco', 'val')
+  for i, (spec, splits) in enumerate(expected.items()):
+    for split, rows in splits.items():
+      workdir = experiment_workdir(tmp_path, f'rnn{i}_{split}', f'experiments/{spec}', split, coco)
+      [run] = tables.load_runs([workdir])
+      assert run['crf'] == 'rnn'
+      for table, row in rows.items():
+        assert tables.paper_row(table, run) == row, (spec, split, table)
+
+
 def test_a_run_appears_once_per_split_and_says_when_the_paper_has_no_figure(tmp_path):
   front = experiment_workdir(tmp_path, 'front', 'experiments/voc_frontend.py:data=coco', 'test')
   basic = experiment_workdir(tmp_path, 'basic', 'experiments/voc_context.py:context=basic', 'test', front)
@@ -177,8 +196,10 @@ def test_claims_sweep_expands_to_every_variant_and_seed():
 
 def test_crf_sweep_searches_and_evaluates_each_run_with_its_own_parameters():
   runs = sweep.load_sweep(os.path.join(ROOT, 'experiments/sweeps/crf_builtin.py'))
-  assert len(runs) == 6 and all(r['crf'] for r in runs)
-  for r in runs:
+  rnn = [r for r in runs if 'stage=crf,' in r['config']]
+  assert len(runs) == 12 and len(rnn) == 6 and all(not r.get('crf') for r in rnn)
+  assert {r['init_from'] for r in rnn} == {r['name'] for r in runs if r.get('crf')}  # one layer per network
+  for r in [r for r in runs if r not in rnn]:
     train, test, search, crf_test = sweep.commands(r, 'w')
     assert search[2:5] == ['dilated_jax.crf_search', f'--config={r["config"]}', f'--workdir=w/{r["name"]}']
     assert '--split=val' in search and crf_test == test + [f'--crf_params=w/{r["name"]}/crf/params.json']

@@ -61,6 +61,15 @@ def label_slice(label: np.ndarray, margin: int, stride: int, out_hw: tuple[int, 
   return out
 
 
+def label_region(label: np.ndarray, top_left, size) -> np.ndarray:
+  """The label of the crop's pixels from `top_left`, `size` of them, at full resolution; IGNORE_LABEL past the
+  crop (`stages.output_region`: what the CRF stages supervise)."""
+  out = np.full(size, IGNORE_LABEL, np.int32)
+  part = label[top_left[0]:top_left[0] + size[0], top_left[1]:top_left[1] + size[1]]
+  out[:part.shape[0], :part.shape[1]] = part
+  return out
+
+
 def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   """Nearest-neighbour resize to (width, height): each output pixel reads the input pixel under its centre."""
   h, w = label.shape
@@ -79,9 +88,11 @@ def rescale(image_rgb: np.ndarray, label: np.ndarray, scale: float):
 
 
 def train_example(image_rgb, label, *, crop, margin, stride, out_hw, rng: np.random.Generator, flip: bool = True,
-                  scale_range=(1.0, 1.0), label_offset: int = 0):
+                  scale_range=(1.0, 1.0), label_offset: int = 0, full_resolution: bool = False):
   """One training pair: optional random rescaling, pad, uniform random crop, random horizontal flip, label slice
-  (output cell i supervised by pixel stride * i + label_offset of the unpadded crop: `models.label_offset`).
+  (output cell i supervised by pixel stride * i + label_offset of the unpadded crop: `models.label_offset`); with
+  `full_resolution` the label of every pixel the output cells cover instead (stride * out_hw of them, past the
+  margin: the CRF stages' loss).
 
   The image stays RGB uint8 (a quarter of float32's bytes to move to the training process and the devices); the
   train step turns it into the network's input with `to_network_input`, on the device. The crop is read through
@@ -101,7 +112,11 @@ def train_example(image_rgb, label, *, crop, margin, stride, out_hw, rng: np.ran
   label = np.where(inside, label, IGNORE_LABEL)
   if flip and rng.random() < 0.5:
     image, label = image[:, ::-1], label[:, ::-1]
-  return {'image': np.ascontiguousarray(image), 'label': label_slice(label, margin + label_offset, stride, out_hw)}
+  if full_resolution:
+    label = label_region(label, (margin, margin), tuple(stride * n for n in out_hw))
+  else:
+    label = label_slice(label, margin + label_offset, stride, out_hw)
+  return {'image': np.ascontiguousarray(image), 'label': label}
 
 
 def read_record(source, i: int, num_classes: int):

@@ -65,13 +65,19 @@ class Tiling:
         tiles.append(np.pad(t, ((0, size[0] - t.shape[0]), (0, size[1] - t.shape[1]), (0, 0)), mode='reflect'))
     return np.stack(tiles)
 
-  def batch(self, images, labels=None, rows=slice(None), boundary_width: int = 0):
+  def batch(self, images, labels=None, rows=slice(None), boundary_width: int = 0, rgb: bool = False):
     """(grid, arrays) of a batch: the tiles of images[rows] on the grid of the whole batch (every image's fits) and
     their labels padded to that grid with IGNORE_LABEL; with `boundary_width` > 0 also 'boundary_labels', the labels
-    void outside each image's own `boundary_band` (taken before the padding, whose edge is not a label edge)."""
+    void outside each image's own `boundary_band` (taken before the padding, whose edge is not a label edge); with
+    `rgb` the images themselves, zero-padded to the grid, and their 'sizes' (what a CRF layer refines on)."""
     grid = tuple(max(g) for g in zip(*(self.grid(im.shape[:2]) for im in images)))
     mine = range(len(images))[rows]
     out = {'tiles': np.concatenate([self.tiles(images[j], grid) for j in mine])}
+    if rgb:
+      out['rgb'] = np.zeros((len(mine), grid[0] * self.tile[0], grid[1] * self.tile[1], 3), np.uint8)
+      for r, j in zip(out['rgb'], mine):
+        r[:images[j].shape[0], :images[j].shape[1]] = images[j]
+      out['sizes'] = np.array([images[j].shape[:2] for j in mine], np.int32).reshape(-1, 2)
     if labels is not None:
       out['labels'] = self._padded([labels[j] for j in mine], grid)
       if boundary_width > 0:
@@ -100,11 +106,11 @@ class TiledBatches:
   """
 
   def __init__(self, source, tiling: Tiling, batch_size: int, rows: slice, labels: str | None = 'pixels',
-               num_classes: int | None = None, boundary_width: int = 0):
+               num_classes: int | None = None, boundary_width: int = 0, rgb: bool = False):
     if labels not in ('pixels', 'cells', None):
       raise ValueError(f"labels: expected 'pixels', 'cells' or None, got {labels!r}")
     self.source, self.tiling, self.batch_size, self.rows = source, tiling, batch_size, rows
-    self.labels, self.num_classes, self.boundary_width = labels, num_classes, boundary_width
+    self.labels, self.num_classes, self.boundary_width, self.rgb = labels, num_classes, boundary_width, rgb
 
   def __len__(self):
     return math.ceil(len(self.source) / self.batch_size)
@@ -119,7 +125,7 @@ class TiledBatches:
     pairs += [blank] * (self.batch_size - len(pairs))
     images, labels = [p[0] for p in pairs], [p[1] for p in pairs]
     grid, out = self.tiling.batch(images, labels if self.labels == 'pixels' else None, self.rows,
-                                  self.boundary_width)
+                                  self.boundary_width, self.rgb)
     out['grid'] = np.array(grid)
     if self.labels == 'cells':
       mine = range(len(images))[self.rows]

@@ -15,6 +15,10 @@ resolution. The bilateral kernel exp(-|p_i - p_j|^2 / 2 theta_alpha^2 - |I_i - I
 evaluated as ConvCRF does (Teichmann & Cipolla, arXiv 1805.04777): Q and the (position, colour) features averaged
 over `downsample` x `downsample` cells, all pairs within a `window` x `window` of cells, the message upsampled
 bilinearly. With downsample 1 and a window covering the image it is exact too. No custom ops, static shapes.
+
+`valid` (B, H, W) marks the pixels that are the image's: a batch's images padded to one size send no messages from
+their padding and leave it out of every normaliser D, so each image's field is the one of its own pixels (exactly
+so for the spatial kernel and, at downsample 1, for the bilateral one).
 """
 
 import flax.linen as nn
@@ -47,7 +51,7 @@ class MeanFieldCRF(nn.Module):
   test_iterations: int = 10
 
   @nn.compact
-  def __call__(self, unaries, image, train: bool = False):
+  def __call__(self, unaries, image, valid=None, train: bool = False):
     check_settings(self, unaries.shape, image.shape)
     num_classes = unaries.shape[-1]
     dtype = jnp.promote_types(unaries.dtype, jnp.float32)  # float32, or float64 under x64 (the gradient tests)
@@ -55,8 +59,10 @@ class MeanFieldCRF(nn.Module):
     w_bilateral = self.param('bilateral_weight', nn.initializers.constant(self.w_bilateral), (), dtype)
     mu = self.param('compatibility', lambda _, shape, dt: 1 - jnp.eye(shape[0], dtype=dt), (num_classes,) * 2, dtype)
     u = unaries.astype(dtype)
-    spatial = SpatialFilter(u.shape[1:3], self.theta_gamma, dtype)
-    bilateral = BilateralFilter(image.astype(dtype), self.theta_alpha, self.theta_beta, self.window, self.downsample)
+    valid = jnp.ones(u.shape[:3], dtype) if valid is None else valid.astype(dtype)
+    spatial = SpatialFilter(valid, self.theta_gamma)
+    bilateral = BilateralFilter(image.astype(dtype), valid, self.theta_alpha, self.theta_beta, self.window,
+                                self.downsample)
 
     def step(s, _):
       q = jax.nn.softmax(s, axis=-1)
@@ -67,24 +73,60 @@ class MeanFieldCRF(nn.Module):
     return jax.lax.scan(step, u, None, length=iterations)[0]
 
 
+FIELDS = ('theta_alpha', 'theta_beta', 'theta_gamma', 'w_spatial', 'w_bilateral', 'window', 'downsample',
+          'train_iterations', 'test_iterations')
+
+
+def default_config() -> dict:
+  """model.crf: the layer's settings, its defaults (the stages 'crf' and 'crf_joint' put the layer on a network)."""
+  return {name: MeanFieldCRF.__dataclass_fields__[name].default for name in FIELDS}
+
+
+def build(cfg) -> MeanFieldCRF:
+  """The layer of a config's model.crf block; impossible values are one line naming the field when it first runs."""
+  crf = MeanFieldCRF(**{name: cfg[name] for name in FIELDS})
+  check_fields(crf)
+  return crf
+
+
+def fitted(crf: MeanFieldCRF, hw) -> MeanFieldCRF:
+  """The layer with its window cut to what covers an h x w image: the same field (offsets past the grid add
+  nothing), so that an image smaller than the window is refined, not refused, at test time."""
+  cells = [-(-n // crf.downsample) for n in hw]
+  return crf.clone(window=min(crf.window, 2 * max(cells) - 1))
+
+
+def unaries(probabilities):
+  """The layer's unary scores from a network's full-resolution probabilities: log p (-psi_u, as pydensecrf2's
+  unary_from_softmax), floored so that a saturated softmax gives a finite score. With zero kernel weights the layer
+  then returns the network's own prediction."""
+  return jnp.log(jnp.maximum(probabilities, 1e-8))
+
+
 def check_settings(crf: MeanFieldCRF, unaries_shape, image_shape):
   """One line naming the field for impossible settings, and a window no wider than what covers the image."""
-  check_kernels(crf, 'crf')
-  for name in ('window', 'downsample', 'train_iterations', 'test_iterations'):
-    value = getattr(crf, name)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-      raise InputError(f'crf.{name}: expected a whole number >= 1, got {value!r}')
-  if crf.window % 2 == 0:
-    raise InputError(f'crf.window: expected an odd number of cells (a window centred on each cell), got {crf.window}')
+  check_fields(crf)
   if len(unaries_shape) != 4 or tuple(image_shape) != tuple(unaries_shape[:3]) + (3,):
-    raise InputError(f'crf: expected (B, H, W, C) unary scores and the (B, H, W, 3) RGB image, got '
+    raise InputError(f'model.crf: expected (B, H, W, C) unary scores and the (B, H, W, 3) RGB image, got '
                      f'{tuple(unaries_shape)} and {tuple(image_shape)}')
   cells = [-(-n // crf.downsample) for n in unaries_shape[1:3]]
   cover = 2 * max(cells) - 1  # from every cell, a window this wide reaches every other one
   if crf.window > cover:
-    raise InputError(f'crf.window: {crf.window} cells is larger than the image: {cover} already cover the '
-                     f'{cells[0]}x{cells[1]} cells of a {unaries_shape[1]}x{unaries_shape[2]} image at crf.downsample '
-                     f'{crf.downsample}')
+    raise InputError(f'model.crf.window: {crf.window} cells is larger than the image: {cover} already cover the '
+                     f'{cells[0]}x{cells[1]} cells of a {unaries_shape[1]}x{unaries_shape[2]} image at '
+                     f'model.crf.downsample {crf.downsample}')
+
+
+def check_fields(crf: MeanFieldCRF):
+  """Kernel widths > 0, weights >= 0, whole counts >= 1 and an odd window, each named on error."""
+  check_kernels(crf, 'model.crf')
+  for name in ('window', 'downsample', 'train_iterations', 'test_iterations'):
+    value = getattr(crf, name)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise InputError(f'model.crf.{name}: expected a whole number >= 1, got {value!r}')
+  if crf.window % 2 == 0:
+    raise InputError(f'model.crf.window: expected an odd number of cells (a window centred on each cell), got '
+                     f'{crf.window}')
 
 
 def gaussian_matrix(n: int, theta: float) -> np.ndarray:
@@ -94,21 +136,30 @@ def gaussian_matrix(n: int, theta: float) -> np.ndarray:
 
 
 class SpatialFilter:
-  """q -> K~ q for the spatial kernel, exactly: K = G_y (x) G_x, D = (G_y 1) (x) (G_x 1), both separable."""
+  """q -> K~ q for the spatial kernel, exactly: K = G_y (x) G_x separable, D = K v over the valid pixels v."""
 
-  def __init__(self, hw, theta: float, dtype):
-    gy, gx = gaussian_matrix(hw[0], theta), gaussian_matrix(hw[1], theta)
-    self.gy, self.gx = jnp.asarray(gy, dtype), jnp.asarray(gx, dtype)
-    self.norm = jnp.asarray(1 / np.sqrt(np.outer(gy.sum(1), gx.sum(1)))[..., None], dtype)  # D^-1/2, (H, W, 1)
+  def __init__(self, valid, theta: float):
+    _, h, w = valid.shape
+    self.gy, self.gx = (jnp.asarray(gaussian_matrix(n, theta), valid.dtype) for n in (h, w))
+    self.valid = valid[..., None]
+    self.norm = inverse_sqrt(self.blur(self.valid), self.valid)  # D^-1/2, (B, H, W, 1), 0 off the image
+
+  def blur(self, x):
+    return jnp.einsum('yY,bYXc,xX->byxc', self.gy, x, self.gx, precision=HIGHEST)
 
   def __call__(self, q):
-    return self.norm * jnp.einsum('yY,bYXc,xX->byxc', self.gy, self.norm * q, self.gx, precision=HIGHEST)
+    return self.norm * self.blur(self.norm * q)
+
+
+def inverse_sqrt(d, valid):
+  """D^-1/2 on the valid pixels (D > 0 there: the self pair), 0 elsewhere; no inf or NaN, in value or gradient."""
+  return jnp.where(valid > 0, jax.lax.rsqrt(jnp.where(valid > 0, d, 1)), 0)
 
 
 class BilateralFilter:
   """q -> K~ q for the bilateral kernel on the grid of cells, each pair of cells within the window (ConvCRF)."""
 
-  def __init__(self, image, theta_alpha: float, theta_beta: float, window: int, downsample: int):
+  def __init__(self, image, valid, theta_alpha: float, theta_beta: float, window: int, downsample: int):
     b, h, w, _ = image.shape
     self.hw, self.s, self.r = (h, w), downsample, window // 2
     r = self.r
@@ -116,12 +167,18 @@ class BilateralFilter:
     self.offsets = jnp.asarray([(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)], jnp.int32)
     yx = jnp.stack(jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing='ij'), -1).astype(image.dtype)
     features = jnp.concatenate([jnp.broadcast_to(yx / theta_alpha, (b, h, w, 2)), image / theta_beta], -1)
-    f = self.pool(features)
-    # k_o(I) = exp(-|f_I - f_(I+o)|^2 / 2) for each offset o, 0 where I + o is off the grid: (window^2, B, h', w', 1).
-    f_padded, on_grid = self.pad(f), self.pad(jnp.ones(f.shape[:3] + (1,), f.dtype))
-    self.kernel = jax.vmap(lambda o: self.shifted(on_grid, o) * jnp.exp(
+    self.valid = valid[..., None]
+    v = self.pool(self.valid)  # the fraction of each cell that is the image's: 0 on padding, 1 inside
+    f = self.pool(features * self.valid) / jnp.maximum(v, 1e-6)  # a cell's features: the mean of its valid pixels
+    # k_o(I) = exp(-|f_I - f_(I+o)|^2 / 2) for each offset o: (window^2, B, h', w', 1). Where I + o is off the grid
+    # or on padding, v and Q are 0 there, so the pair adds nothing.
+    f_padded = self.pad(f)
+    self.kernel = jax.vmap(lambda o: jnp.exp(
         -0.5 * jnp.sum((f - self.shifted(f_padded, o)) ** 2, -1, keepdims=True)))(self.offsets)
-    self.norm = jax.lax.rsqrt(self.upsample(self.kernel.sum(0)))  # D^-1/2 at full resolution
+    # D_I = sum_o k_o(I) v_(I+o): the zero padding of pad(v) leaves out the offsets off the grid.
+    v_padded = self.pad(v)
+    d = jnp.sum(jax.vmap(lambda k, o: k * self.shifted(v_padded, o))(self.kernel, self.offsets), 0)
+    self.norm = inverse_sqrt(self.upsample(d), self.valid)  # D^-1/2 at full resolution
 
   def pool(self, x):
     """Mean over each s x s cell of the pixels it holds (cells at the bottom and right edges may hold fewer)."""
@@ -153,7 +210,7 @@ class BilateralFilter:
     return jax.lax.dynamic_slice(padded, (zero, self.r + offset[0], self.r + offset[1], zero), size)
 
   def __call__(self, q):
-    q_padded = self.pad(self.pool(self.norm * q))
+    q_padded = self.pad(self.pool(self.norm * q))  # norm is 0 off the image: padding sends nothing
 
     def add(message, kernel_and_offset):
       kernel, offset = kernel_and_offset

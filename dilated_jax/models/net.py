@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dilated_jax import InputError
-from dilated_jax.models import context as ctx, drn
+from dilated_jax.models import context as ctx, crf, drn
 from dilated_jax.models.context import ContextModule
 from dilated_jax.models.frontend import FrontEnd, check_front_end
 from dilated_jax.models.layers import bilinear_deconv, bilinear_zoom
@@ -76,6 +76,8 @@ def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
       drn=dict(variant='drn_d_22', width=1.0, norm_mean_rgb=drn.IMAGENET_MEAN_RGB, norm_std_rgb=drn.IMAGENET_STD_RGB),
       upsample='zoom',
       dtype='float32',  # compute dtype; parameters stay float32
+      # the CRF-RNN layer (models/crf.py) that the stages crf and crf_joint put on the network's upsampled output
+      crf=crf.default_config(),
   ))
   presets = {
       'pascal_voc': dict(num_classes=21, dilations=ctx.BASIC, multipliers=ctx.LARGE_MULTIPLIERS, padding='pad_once'),

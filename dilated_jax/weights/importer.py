@@ -315,6 +315,12 @@ def check_params(params: dict, model_cfg: ml_collections.ConfigDict, source: str
     if extra:
       raise InputError(f'{source}: {module}/{extra[0].rpartition("/")[0]} has no place in this network: another '
                        'preset?')
+  crf = _leaves(params.get('crf', {}))  # the CRF-RNN layer of the crf stages: a C x C compatibility, two weights
+  want_crf = {'compatibility': (model_cfg.num_classes,) * 2, 'spatial_weight': (), 'bilateral_weight': ()}
+  for path in sorted(set(crf) | set(want_crf)) if crf else ():
+    if crf.get(path) != want_crf.get(path):
+      raise InputError(f'{source}: crf/{path}: shape {crf.get(path, "(missing)")}, the CRF layer of '
+                       f'{model_cfg.num_classes} classes wants {want_crf.get(path, "(no such parameter)")}')
 
 
 def _leaves(tree: dict, shapes: bool = False) -> dict[str, tuple]:

@@ -163,7 +163,7 @@ def exact_bilateral_mean_field(u, image, crf):
   k = jnp.asarray(np.exp(-0.5 * distance), jnp.float32)
   del distance
   norm = jax.lax.rsqrt(k.sum(1))[:, None]
-  spatial = crf_lib.SpatialFilter((h, w), crf.theta_gamma, jnp.float32)
+  spatial = crf_lib.SpatialFilter(jnp.ones((1, h, w), jnp.float32), crf.theta_gamma)
   mu = 1 - jnp.eye(c)
   s = u
   for _ in range(crf.test_iterations):
