@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,26 +16,12 @@ from dilated_jax import InputError, config as config_lib, dense_crf, sharding
 from dilated_jax.data.info import DATASETS, IGNORE_LABEL
 from dilated_jax.inference import Predictor, check_test_time, evaluate, result_suffix
 from dilated_jax.models import model_config
+from test_evaluate import PixelScores  # scores of a cell: a linear map of its block's first pixel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class PixelScores(nn.Module):
-  """Class scores of each cell: a learned linear map of the input pixel its block starts at (the block's left
-  column: a mirrored image gives other scores)."""
-
-  margin: int
-  stride: int
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, x):
-    m, s = self.margin, self.stride
-    cells = [(n - 2 * m) // s for n in x.shape[1:3]]
-    return nn.Dense(self.num_classes)(x[:, m:m + s * cells[0]:s, m:m + s * cells[1]:s] / 40.0)
-
-
-def setup(mode='zoom'):
+def tiny_predictor(mode='zoom'):
   """A camvid predictor (margin 186, stride 8) whose network is PixelScores, its parameters, and three labelled
   images of 40 x 48 with a void corner."""
   rng = np.random.default_rng(3)
@@ -60,7 +45,7 @@ def setup(mode='zoom'):
 def test_one_scale_without_flip_is_the_single_scale_evaluation_exactly():
   """scales (1.0,) through the multi-scale path (host argmax of log-probabilities) counts exactly what the on-device
   single-scale evaluation counts, boundary band included; the result records its scales and flip."""
-  predictor, params, info, pairs = setup()
+  predictor, params, info, pairs = tiny_predictor()
   plain = evaluate(predictor, params, pairs, info, batch_size=2, boundary_width=2)
   ms = evaluate(predictor, params, pairs, info, batch_size=2, boundary_width=2, scales=(1.0,), flip=False)
   assert ms['confusion'] == plain['confusion'] and ms['boundary_miou'] == plain['boundary_miou']
@@ -82,7 +67,8 @@ def reference_log_probabilities(predictor, params, image, scales, flip):
         logp = logp[:, ::-1]
       for k in range(total.shape[-1]):
         channel = Image.fromarray(logp[..., k].astype(np.float32))
-        total[..., k] += np.asarray(channel.resize((w, h), Image.BILINEAR)) if logp.shape[:2] != (h, w) else logp[..., k]
+        same = logp.shape[:2] == (h, w)
+        total[..., k] += logp[..., k] if same else np.asarray(channel.resize((w, h), Image.BILINEAR))
   return total
 
 
@@ -90,7 +76,7 @@ def reference_log_probabilities(predictor, params, image, scales, flip):
 def test_scales_and_flip_sum_the_resized_log_probabilities(mode):
   """Through each upsampling: scales 0.5, 0.75, 1.25 with the mirror equal the loop reference above, the image's
   labels are its argmax, and they differ from the single scale's (the path is not the identity)."""
-  predictor, params, info, pairs = setup(mode)
+  predictor, params, info, pairs = tiny_predictor(mode)
   scales = (0.5, 0.75, 1.25)
   images = [image for image, _ in pairs]
   ours = predictor.multiscale_log_probabilities(params, images, scales, flip=True)
@@ -119,7 +105,7 @@ def test_bad_scales_or_flip_is_an_error_naming_the_field(scales, flip, field):
 
 
 def test_multiscale_with_the_dense_crf_is_refused_and_file_names_differ():
-  predictor, params, info, pairs = setup()
+  predictor, params, info, pairs = tiny_predictor()
   with pytest.raises(InputError, match='eval.scales'):
     evaluate(predictor, params, pairs, info, batch_size=2, scales=(0.5, 1.0), crf=dense_crf.DenseCRFParams())
   names = {result_suffix(s, f) for s, f in [((1.0,), False), ((0.5, 1.0), False), ((1.0,), True),
