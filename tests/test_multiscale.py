@@ -6,40 +6,22 @@ import os
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
 
-from dilated_jax import InputError, config as config_lib, dense_crf, sharding
+from dilated_jax import InputError, config as config_lib, dense_crf
 from dilated_jax.data.info import DATASETS, IGNORE_LABEL
-from dilated_jax.inference import Predictor, check_test_time, evaluate, result_suffix
-from dilated_jax.models import model_config
-from test_evaluate import PixelScores  # scores of a cell: a linear map of its block's first pixel
+from dilated_jax.inference import check_test_time, evaluate, result_suffix
+from test_evaluate import pixel_scores_setup  # PixelScores: a cell's scores, linear in its block's first pixel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_predictor(mode='zoom'):
-  """A camvid predictor (margin 186, stride 8) whose network is PixelScores, its parameters, and three labelled
-  images of 40 x 48 with a void corner."""
-  rng = np.random.default_rng(3)
-  info = DATASETS['camvid']
-  c = info.num_classes
-  cfg = model_config('camvid')
-  cfg.upsample = mode
-  predictor = Predictor(cfg, info, (24, 24), sharding.make_mesh(jax.devices()[:1]), with_context=False)
-  predictor.model = PixelScores(predictor.margin, predictor.stride, c)
-  size = 2 * predictor.margin + 24
-  params = predictor.model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))['params']
-  pairs = []
-  for _ in range(3):
-    label = rng.integers(0, c, (3, 3)).repeat(16, 0).repeat(16, 1)[:40, :48].astype(np.uint8)
-    label[:5, :7] = IGNORE_LABEL
-    image = np.clip(40 * label[..., None] + rng.normal(0, 30, (40, 48, 3)), 0, 255).astype(np.uint8)
-    pairs.append((image, label))
-  return predictor, params, info, pairs
+  """test_evaluate's camvid predictor whose network is PixelScores (margin 186, stride 8), its parameters and three
+  labelled 40 x 48 images."""
+  return pixel_scores_setup(np.random.default_rng(3), mode)
 
 
 def test_one_scale_without_flip_is_the_single_scale_evaluation_exactly():
