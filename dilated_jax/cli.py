@@ -182,3 +182,28 @@ def crf_from_flags():
     return None
   dense_crf.library()  # not installed: said now, not by the first worker after the network ran
   return crf_search.read_params(flags.FLAGS.crf_params) if flags.FLAGS.crf_params else dense_crf.DenseCRFParams()
+
+
+def define_test_time_flags():
+  """--ms and --flip, of evaluate and predict."""
+  from absl import flags
+
+  flags.DEFINE_bool('ms', False, "multi-scale testing at fyu/drn segment.py --ms's scales 0.5, 0.75, 1, 1.25, 1.5, "
+                    '1.75 (sets eval.scales)')
+  flags.DEFINE_bool('flip', None, 'also test the mirrored image (sets eval.flip; default: the config\'s)')
+
+
+def test_time_from_flags(eval_cfg=None) -> tuple[tuple[float, ...], bool]:
+  """(scales, flip) of the config's eval.scales / eval.flip (none: the single scale), with --ms and --flip over
+  them; a bad value is one line naming the field."""
+  from absl import flags
+
+  from dilated_jax import inference
+
+  scales = eval_cfg.scales if eval_cfg is not None else (1.0,)
+  flip = eval_cfg.flip if eval_cfg is not None else False
+  if flags.FLAGS.ms:
+    scales = inference.DRN_MS_SCALES
+  if flags.FLAGS.flip is not None:
+    flip = flags.FLAGS.flip
+  return inference.check_test_time(scales, flip)

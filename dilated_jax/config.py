@@ -72,9 +72,11 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
       ),
       # tiles_per_device: tiles a device runs through the network at once, whatever an image's size (memory bound);
       # tensorboard_images: the first images of the split drawn with their predictions at each evaluation;
-      # boundary_width: mIoU also within that many pixels of label edges (the trimap measure; 0: not measured).
+      # boundary_width: mIoU also within that many pixels of label edges (the trimap measure; 0: not measured);
+      # scales, flip: multi-scale and flip testing of `evaluate` and `predict` (fyu/drn segment.py --ms; inference.py,
+      # `multiscale_log_probabilities`); (1.0,) without flip is the single-scale test of the paper.
       eval=dict(split='val', tile=(528, 528), batch_size=8, tiles_per_device=8, tensorboard_images=3,
-                boundary_width=4),
+                boundary_width=4, scales=(1.0,), flip=False),
   ))
   if preset is not None:
     cfg.data.update(name=preset, dir='data')

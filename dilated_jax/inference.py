@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from dilated_jax import InputError, checkpoint, dense_crf, metrics, progress, sharding, weights
 from dilated_jax.data import pipeline, tiling
@@ -38,6 +39,54 @@ def in_chunks(fn, x, size: int):
   x = jnp.pad(x, ((0, chunks * size - n),) + ((0, 0),) * (x.ndim - 1))
   y = jax.lax.map(fn, x.reshape((chunks, size) + x.shape[1:]))
   return y.reshape((chunks * size,) + y.shape[2:])[:n]
+
+
+# fyu/drn segment.py --ms: the image itself and these rescalings of it (test_seg's scales, SegListMS, test_ms).
+DRN_MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def check_test_time(scales, flip) -> tuple[tuple[float, ...], bool]:
+  """(scales, flip) of eval.scales / eval.flip, checked: an InputError naming the field."""
+  try:
+    values = tuple(scales)
+  except TypeError:
+    values = None
+  if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
+                           for v in values):
+    raise InputError(f'eval.scales: expected one or more image scales > 0 (1.0: the image itself), got {scales!r}')
+  if not isinstance(flip, bool):
+    raise InputError(f'eval.flip: expected True or False, got {flip!r}')
+  return tuple(float(v) for v in values), flip
+
+
+def is_multiscale(scales, flip) -> bool:
+  """Whether eval.scales / eval.flip ask for more than the single-scale test of the paper."""
+  return tuple(scales) != (1.0,) or bool(flip)
+
+
+def result_suffix(scales, flip) -> str:
+  """What an evaluation file's name gets: '_ms' for scales other than (1.0,), '_flip' for flip (fyu/drn names its
+  multi-scale output folder `_ms`)."""
+  return ('_ms' if tuple(scales) != (1.0,) else '') + ('_flip' if flip else '')
+
+
+def rescale_image(image_rgb: np.ndarray, scale: float) -> np.ndarray:
+  """The image resized to int(w s) x int(h s) (at least 1 px) with PIL's bicubic filter, as fyu/drn SegListMS."""
+  if scale == 1.0:
+    return image_rgb
+  h, w = image_rgb.shape[:2]
+  size = (max(1, int(w * scale)), max(1, int(h * scale)))
+  return np.asarray(Image.fromarray(image_rgb).resize(size, Image.Resampling.BICUBIC))
+
+
+def resize_scores(maps: np.ndarray, hw) -> np.ndarray:
+  """(h, w, C) float32 maps resized to `hw` channel by channel with PIL's bilinear filter on float images, as fyu/drn
+  segment.py resize_4d_tensor (untouched when the size is already hw)."""
+  if maps.shape[:2] == tuple(hw):
+    return maps.astype(np.float32)
+  size = (int(hw[1]), int(hw[0]))
+  return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(maps[..., c], np.float32)).resize(
+      size, Image.Resampling.BILINEAR)) for c in range(maps.shape[-1])], axis=-1)
 
 
 class Predictor:
@@ -140,6 +189,20 @@ class Predictor:
     return self._jitted(grid)[2](params, batch['tiles'], label_sets, batch.get('rgb'), batch.get('sizes'),
                                  num_classes)
 
+  def multiscale_log_probabilities(self, params, images, scales, flip: bool = False) -> list[np.ndarray]:
+    """(H, W, C) float32 sum over `scales` (and, with `flip`, the mirrored image too) of each image's
+    log-probabilities at that scale resized back to the image (fyu/drn segment.py, test_ms). One scale (one
+    direction) at a time, each tiled as `probabilities`: memory is that of the largest scale, not of their sum."""
+    total = [0.0] * len(images)
+    for scale in scales:
+      scaled = [rescale_image(im, scale) for im in images]
+      for mirror in (False, True) if flip else (False,):
+        inputs = [np.ascontiguousarray(im[:, ::-1]) for im in scaled] if mirror else scaled
+        for i, probs in enumerate(self.probabilities(params, inputs)):
+          logp = np.log(np.maximum(probs, np.finfo(np.float32).tiny))  # log 0 would make the resize's sums NaN
+          total[i] = total[i] + resize_scores(logp[:, ::-1] if mirror else logp, images[i].shape[:2])
+    return total
+
 
 def restore(workdir: str, which: str, cfg: ml_collections.ConfigDict, info, mesh):
   """(Predictor, variables replicated over `mesh`: the parameters, with a BatchNorm network's running statistics
@@ -155,10 +218,13 @@ def restore(workdir: str, which: str, cfg: ml_collections.ConfigDict, info, mesh
 
 
 def evaluate(predictor: Predictor, params, source, info, batch_size: int, workers: int = 0, stop=None,
-             boundary_width: int = 0, crf: dense_crf.DenseCRFParams | None = None) -> dict | None:
+             boundary_width: int = 0, crf: dense_crf.DenseCRFParams | None = None, scales=None,
+             flip: bool = False) -> dict | None:
   """Confusion matrix, per-class IoU, mIoU and pixel accuracy of `params` on every image of `source`; with
   `boundary_width` > 0 the same within that many pixels of label edges ('boundary_iou', 'boundary_miou'); with `crf`
-  the dense CRF's labels instead of the network's (section 5's "+ CRF").
+  the dense CRF's labels instead of the network's (section 5's "+ CRF"). With `scales` (a tuple, (1.0,) included)
+  and `flip`, the labels are the argmax of `Predictor.multiscale_log_probabilities` (fyu/drn's --ms), on the host;
+  scales=None is the single-scale test on the devices.
 
   Batches of `batch_size` images in dataset order (the last filled up with blank images whose labels are all void)
   are read, decoded and tiled by `workers` processes (0: a thread here) while the devices run the previous ones; the
@@ -171,7 +237,14 @@ def evaluate(predictor: Predictor, params, source, info, batch_size: int, worker
   batch_size = math.ceil(batch_size / predictor.mesh.size) * predictor.mesh.size
   confusion = 0  # summed where the parts are: on device (the network's), on the host (the CRF's)
   done = progress.Progress('evaluation' + (' + CRF' if crf else ''), len(source), main=jax.process_index() == 0)
+  if scales is not None:
+    scales, flip = check_test_time(scales, flip)
+    if crf:
+      raise InputError('eval.scales: multi-scale or flip testing with the dense CRF is not supported; evaluate one '
+                       'or the other')
   run = _crf_confusions if crf else _network_confusions
+  if scales is not None:
+    run = functools.partial(_multiscale_confusions, scales=scales, flip=flip)
   parts = run(predictor, params, source, info.num_classes, batch_size, workers, boundary_width, crf)
   seen = 0
   try:
@@ -186,7 +259,7 @@ def evaluate(predictor: Predictor, params, source, info, batch_size: int, worker
     parts.close()  # the worker processes, also when a record fails
   sets = 2 if boundary_width > 0 else 1
   confusion = np.asarray(jax.device_get(confusion)) + np.zeros((sets, info.num_classes, info.num_classes), np.int64)
-  if crf:  # each process refined its own rows
+  if crf or scales is not None:  # each process counted its own rows
     confusion = np.asarray(multihost_utils.process_allgather(confusion)).reshape((-1,) + confusion.shape).sum(0)
   result = metrics.scores(confusion[0])
   out = {'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy'], 'iou': _named(info.class_names, result),
@@ -200,6 +273,7 @@ def evaluate(predictor: Predictor, params, source, info, batch_size: int, worker
     out.update(category_iou=_named([c for c, _ in info.categories], categories), category_miou=categories['miou'])
   if crf:
     out['crf'] = crf.to_dict()
+  out.update(scales=list(scales or (1.0,)), flip=bool(scales is not None and flip))
   return out
 
 
@@ -243,6 +317,26 @@ def _crf_confusions(predictor, params, source, num_classes, batch_size, workers,
       yield 1, np.stack([metrics.confusion_matrix(s, pred, num_classes) for s in sets])
   finally:
     refined.close()
+
+
+def _multiscale_confusions(predictor, params, source, num_classes, batch_size, workers, boundary_width, crf, scales,
+                           flip):
+  """(images, (K, C, C) confusions) of each batch's rows of this process, labelled by the argmax of the summed
+  log-probabilities over `scales` (and flip); images read here (`workers` is not used: the host's time goes to the
+  resizing), every process running every batch."""
+  del workers, crf
+  rows = sharding.process_rows(batch_size)
+  for b in range(math.ceil(len(source) / batch_size)):
+    pairs = [source[i] for i in range(b * batch_size, min((b + 1) * batch_size, len(source)))]
+    images = [p[0] for p in pairs] + [np.zeros_like(pairs[0][0])] * (batch_size - len(pairs))
+    summed = predictor.multiscale_log_probabilities(params, images, scales, flip)
+    confusion = 0
+    for j in range(batch_size)[rows]:
+      if j < len(pairs):
+        label, pred = pairs[j][1], summed[j].argmax(-1)
+        sets = [label] + ([tiling.boundary_labels(label, boundary_width)] if boundary_width > 0 else [])
+        confusion = confusion + np.stack([metrics.confusion_matrix(s, pred, num_classes) for s in sets])
+    yield len(pairs), confusion
 
 
 def _named(names, result) -> dict:

@@ -1,4 +1,5 @@
-"""The paper's result tables (Yu & Koltun, arXiv 1511.07122, Tables 2-8), IoU in %, as data in one place.
+"""The paper's result tables (Yu & Koltun, arXiv 1511.07122, Tables 2-8), IoU in %, as data in one place; and
+fyu/drn's published Cityscapes numbers of its DRNs (`DRN`).
 
 Each table: its title, the dataset it is on, the column names (classes in the table's order, then mIoU) and
 the rows (model, values). The VOC tables omit background, but their mIoU averages 21 classes with it.
@@ -109,3 +110,22 @@ TABLES = {
             ('test', (98.3, 91.4, 60.5, 93.7, 90.2, 79.8, 91.8, 86.5)),
         )),
 }
+
+# fyu/drn README.md, "Semantic Image Segmentation": Cityscapes val mIoU of its DRNSeg models (segment.py, trained on
+# the fine training set; single-scale). Not Yu & Koltun's tables: the DRN paper's authors' released numbers, keyed
+# here by model.drn.variant (DRN-A-50 has no variant in models/drn.py: shown for reference).
+DRN = 'drn'
+TABLES[DRN] = dict(
+    title='Cityscapes val, Dilated Residual Networks (fyu/drn README.md; single-scale)',
+    dataset='cityscapes',
+    columns=('mIoU',),
+    rows=(
+        ('DRN-A-50', (67.3,)),
+        ('DRN-C-26', (68.0,)),
+        ('DRN-C-42', (70.9,)),
+        ('DRN-D-22', (68.0,)),
+        ('DRN-D-38', (71.4,)),
+        ('DRN-D-105 (poly lr, random scale and rotation)', (75.6,)),
+    ))
+DRN_ROWS = {'drn_c_26': 'DRN-C-26', 'drn_c_42': 'DRN-C-42', 'drn_d_22': 'DRN-D-22', 'drn_d_38': 'DRN-D-38',
+            'drn_d_105': 'DRN-D-105 (poly lr, random scale and rotation)'}

@@ -13,7 +13,9 @@ OUT/<stem>.png (class colours in the dataset's palette, as the authors' predict.
 colours over the image) and, with --save_probs, OUT/<stem>.npy: (H, W, C) float32 full-resolution probabilities:
 BGR minus the mean, reflection padding 186, the preset's tiles, softmax, x8 zoom (or Cityscapes' bilinear
 deconvolution). --crf (or --crf_params=FILE from crf_search) refines them with the dense CRF first: the PNGs are its
-labels and the .npy its marginals.
+labels and the .npy its marginals. --ms and --flip (or the config's eval.scales / eval.flip) test at several scales
+and mirrored, as `evaluate` (fyu/drn segment.py --ms): the PNGs are the argmax of the summed log-probabilities and
+the .npy the softmax of their mean over the passes (the passes' normalised geometric mean).
 """
 
 import math
@@ -29,7 +31,7 @@ from PIL import Image
 from dilated_jax import InputError, checkpoint, cli, dense_crf, images, sharding, weights
 from dilated_jax import data as datasets
 from dilated_jax.data.info import DATASETS, IMAGE_MODES
-from dilated_jax.inference import Predictor
+from dilated_jax.inference import Predictor, is_multiscale
 from dilated_jax.models import model_config
 
 # Pixels of an image counted on its tile grid (each side rounded up to whole tiles): what predict's memory grows
@@ -122,6 +124,10 @@ def main(argv):
     raise InputError('no images given: expected image files after the flags')
   stems = output_stems(paths, FLAGS.output_dir, ('.png', '_overlay.png') + (('.npy',) if FLAGS.save_probs else ()))
   crf = cli.crf_from_flags()
+  scales, flip = cli.test_time_from_flags(FLAGS.config.eval if FLAGS.config is not None else None)
+  multiscale = is_multiscale(scales, flip)
+  if multiscale and crf:
+    raise InputError('--crf: multi-scale or flip testing with the dense CRF is not supported; use one or the other')
   model_cfg, info, tile, params, with_context, tiles_per_device = network()
   pictures = [read_image(p, tile, FLAGS.max_pixels) for p in paths]  # every file is checked before anything is written
   cli.check_writable(FLAGS.output_dir, '--output_dir')
@@ -133,7 +139,11 @@ def main(argv):
   def probabilities():
     for image in pictures:
       fill = [np.zeros_like(image)] * (mesh.size - 1)  # one image per call, the batch filled up per device
-      yield predictor.probabilities(params, [image] + fill)[0]
+      if not multiscale:
+        yield predictor.probabilities(params, [image] + fill)[0]
+        continue
+      summed = predictor.multiscale_log_probabilities(params, [image] + fill, scales, flip)[0]
+      yield np.asarray(jax.nn.softmax(summed / (len(scales) * (2 if flip else 1)), axis=-1))
 
   # With --crf the marginals of the dense CRF, in worker processes while the network runs the next images.
   refined = dense_crf.refine_all(zip(probabilities(), pictures), crf) if crf else probabilities()
@@ -163,5 +173,6 @@ if __name__ == '__main__':
                        '--config: its eval.tiles_per_device', lower_bound=1)
   flags.DEFINE_bool('save_probs', False, 'also write <stem>.npy: full-resolution class probabilities')
   cli.define_crf_flags()
+  cli.define_test_time_flags()
   flags.mark_flags_as_required(['output_dir'])
   cli.run(main, config_from='workdir')

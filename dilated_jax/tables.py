@@ -4,9 +4,10 @@
 
 Each workdir contributes the evaluation JSONs in WORKDIR/eval/ (written by `evaluate` and by `train`); the table is
 chosen by the dataset and split in the JSON (pascal_voc val: Table 3, test: Tables 2 and 4; camvid test: Table 5;
-kitti test: Table 6; cityscapes val/test: Tables 7 and 8, class and category IoU), the row by what the run is
-(`paper_row`: stage, context module, the data its front end saw); a run the paper has no figure for says so. Prints
-Markdown; with --output_dir also writes CSV files.
+kitti test: Table 6; cityscapes val/test: Tables 7 and 8, class and category IoU; a DRN on cityscapes val: the DRN
+table of fyu/drn's published mIoU), the row by what the run is (`paper_row`: stage, context module, the data its front
+end saw, the DRN variant); a run the paper has no figure for says so, a multi-scale or flip evaluation among them
+(every published figure is single-scale). Prints Markdown; with --output_dir also writes CSV files.
 """
 
 import csv
@@ -18,11 +19,12 @@ from absl import flags
 import numpy as np
 
 from dilated_jax import InputError, cli, config as config_lib
-from dilated_jax.paper_results import TABLES
+from dilated_jax.models.drn import is_published
+from dilated_jax.paper_results import DRN, DRN_ROWS, TABLES
 
 # (dataset, split) -> the paper's tables of it.
 TABLES_OF = {('pascal_voc', 'val'): (3,), ('pascal_voc', 'test'): (2, 4), ('camvid', 'test'): (5,),
-             ('kitti', 'test'): (6,), ('cityscapes', 'val'): (7, 8), ('cityscapes', 'test'): (7, 8)}
+             ('kitti', 'test'): (6,), ('cityscapes', 'val'): (7, 8, DRN), ('cityscapes', 'test'): (7, 8)}
 NO_FIGURE = 'no paper figure'
 
 
@@ -35,9 +37,18 @@ def paper_row(table: int, run: dict) -> str | None:
   the COCO-trained front end, with Basic and Large modules on val and the Large one ('Context') on test, each also
   with the dense CRF (run['crf'] == 'dense': the "+ CRF" rows) and with the trained CRF-RNN layer ('rnn': "+ RNN",
   Table 4's "+ CRF-RNN"); on test only the Large one's. The urban datasets' Dilation7/8/10 are front end + context
-  module (section 6): a front end alone, or with a CRF, has no figure.
+  module (section 6): a front end alone, or with a CRF, has no figure. The DRN table: DRNSeg alone (stage
+  frontend), the variant as published (`models.drn.is_published`); a DRN has no row in the paper's tables. A
+  multi-scale or flip evaluation (run['multiscale']) has no row anywhere.
   """
-  context, training, crf = run.get('context'), run.get('training'), run.get('crf')
+  stage, context, training, crf = run.get('stage'), run.get('context'), run.get('training'), run.get('crf')
+  if run.get('multiscale'):
+    return None
+  if table == DRN:
+    ok = run.get('backbone') == 'drn' and stage == 'frontend' and not crf and run.get('published_drn')
+    return DRN_ROWS.get(run.get('drn_variant')) if ok else None
+  if run.get('backbone') == 'drn':
+    return None
   if table == 2:
     return 'Our front end' if context is None and training == 'voc_sbd' and not crf else None
   if table in (3, 4):
@@ -49,7 +60,7 @@ def paper_row(table: int, run: dict) -> str | None:
     if context is None:
       return None if crf else 'Front end'
     return 'Context' + {'dense': ' + CRF', 'rnn': ' + CRF-RNN'}.get(crf, '') if context == 'large' else None
-  if run.get('stage') not in ('context', 'joint') or crf:
+  if stage not in ('context', 'joint') or crf:
     return None
   return {5: 'Dilation8', 6: 'Dilation7', 7: run.get('split'), 8: run.get('split')}[table]
 
@@ -84,6 +95,7 @@ def load_runs(workdirs) -> list[dict]:
     if not paths:
       raise FileNotFoundError(f'{workdir}/eval: no evaluation JSON (run dilated_jax.evaluate on this workdir)')
     config = _config(workdir)
+    drn_cfg = config.get('model', {}).get('drn', {})
     context = config.get('model', {}).get('context', {})
     multipliers = context.get('channel_multipliers') or ()
     stage = config.get('stage')
@@ -102,7 +114,10 @@ def load_runs(workdirs) -> list[dict]:
           training=training_data(config), crf='dense' if result.get('crf') else 'rnn' if rnn else None,
           iou=result['iou'],
           miou=result['miou'],
-          category_iou=result.get('category_iou'), category_miou=result.get('category_miou')))
+          category_iou=result.get('category_iou'), category_miou=result.get('category_miou'),
+          backbone=config.get('model', {}).get('backbone', 'vgg16'), drn_variant=drn_cfg.get('variant'),
+          published_drn=is_published(drn_cfg),
+          multiscale=list(result.get('scales', [1.0])) != [1.0] or bool(result.get('flip'))))
   return runs
 
 
@@ -146,19 +161,25 @@ def main(argv):
   for (dataset, split), tables in TABLES_OF.items():
     mine = [r for r in runs if r['dataset'] == dataset and r['split'] == split]
     # Each run in the table that has its row (Cityscapes: class and category IoU, Tables 7 and 8), or with 'no
-    # paper figure' in the last table of its split that can show it.
-    shows = lambda t, r: t != 8 or r['category_iou'] is not None  # noqa: E731 - evaluations before Table 8 had none
+    # paper figure' in the last table of its split that can show it: a DRN's the DRN table where there is one, the
+    # others the paper's.
+    def shows(t, r):
+      if DRN in tables and (t == DRN) != (r['backbone'] == 'drn'):
+        return False
+      return t != 8 or r['category_iou'] is not None  # evaluations before Table 8 had none
     placed = {t: [r for r in mine if paper_row(t, r) and shows(t, r)] for t in tables}
     for run in mine:
       if not any(paper_row(t, run) for t in tables):
         placed[[t for t in tables if shows(t, run)][-1]].append(run)
     for table in (t for t in tables if placed[t]):
       columns, rows = paper_table(table, placed[table])
-      print(f'\nTable {table}: {TABLES[table]["title"]}\n\n{markdown(columns, rows)}')
+      label = 'DRN table' if table == DRN else f'Table {table}'
+      print(f'\n{label}: {TABLES[table]["title"]}\n\n{markdown(columns, rows)}')
       printed = True
       if FLAGS.output_dir:
         os.makedirs(FLAGS.output_dir, exist_ok=True)
-        with open(os.path.join(FLAGS.output_dir, f'table{table}.csv'), 'w', newline='') as f:
+        name = 'table_drn.csv' if table == DRN else f'table{table}.csv'
+        with open(os.path.join(FLAGS.output_dir, name), 'w', newline='') as f:
           csv.writer(f).writerows([columns] + [[f'{v:.2f}' if isinstance(v, float) else v for v in r] for r in rows])
   if not printed:
     raise InputError(f'none of the runs is on a dataset and split of the paper\'s tables: '

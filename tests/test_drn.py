@@ -645,3 +645,23 @@ def test_context_module_on_a_drn():
   np.testing.assert_allclose(out, np.maximum(scores, 0), rtol=1e-5, atol=1e-5)
   _, new = net.apply(variables, x, train=True, mutable=['batch_stats'])  # train reaches the DRN's BatchNorm
   assert not np.allclose(jax.tree.leaves(new)[0], jax.tree.leaves(variables['batch_stats'])[0])
+
+
+@pytest.mark.parametrize('fields,field', [
+    (dict(blocks=(1, 1, 2)), 'blocks'), (dict(dilations=(2, 0, 2, 1)), 'dilations'),
+    (dict(variant='drn_d_22', residual_7_8=True), 'residual_7_8')])
+def test_the_degridding_config_fields_reach_the_drn_and_bad_ones_name_the_field(fields, field):
+  """model.drn.dilations, residual_7_8 and blocks are the DRN's (build_model checks them before any layer runs)."""
+  from dilated_jax.models import build_model, model_config
+
+  cfg = model_config('cityscapes')
+  cfg.update(backbone='drn')
+  cfg.drn.update(variant='drn_c_26', width=WIDTH, dilations=(2, 4, 4, 1), residual_7_8=True,
+                 blocks=(1, 1, 2, 2, 2, 2, 1, 0))
+  base = build_model(cfg).front_end.base
+  assert (base.dilations, base.residual_7_8, base.blocks) == ((2, 4, 4, 1), True, (1, 1, 2, 2, 2, 2, 1, 0))
+  assert [lv.name for lv in base.levels()][-1] == 'layer7' and base.levels()[-1].residual
+  assert drn.is_published({'variant': 'drn_c_26'}) and not drn.is_published(cfg.drn.to_dict())
+  cfg.drn.update(dict(dict(dilations=drn.DILATIONS, residual_7_8=False, blocks=()), **fields))
+  with pytest.raises(InputError, match=f'model.drn.{field}:'):
+    build_model(cfg)

@@ -6,6 +6,7 @@ import os
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 from test_train import assert_trees_equal, run_module, tiny
 from test_weights import write_torch
@@ -193,6 +194,19 @@ def test_drn_through_the_train_evaluate_and_predict_entry_points(tmp_path):
                  f'{tmp_path}/scenes/test_0000.png')
   assert r.returncode == 0, r.stderr[-2000:]
   assert os.path.exists(tmp_path / 'pred' / 'test_0000.png')
+  # Multi-scale and flip testing (fyu/drn --ms): a file of its own, the single-scale one left as it was.
+  single = open(os.path.join(work, 'eval', 'test_best.json')).read()
+  r = run_module('dilated_jax.evaluate', f'--workdir={work}', '--split=test', '--ms', '--flip')
+  assert r.returncode == 0, r.stderr[-2000:]
+  ms = json.load(open(os.path.join(work, 'eval', 'test_best_ms_flip.json')))
+  assert ms['scales'] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and ms['flip'] is True and ms['num_images'] == 4
+  assert open(os.path.join(work, 'eval', 'test_best.json')).read() == single
+  r = run_module('dilated_jax.predict', f'--workdir={work}', f'--output_dir={tmp_path}/pred_ms', '--ms',
+                 '--save_probs', f'{tmp_path}/scenes/test_0000.png')
+  assert r.returncode == 0, r.stderr[-2000:]
+  probs = np.load(tmp_path / 'pred_ms' / 'test_0000.npy')
+  assert probs.shape[:2] == np.asarray(Image.open(tmp_path / 'scenes' / 'test_0000.png')).shape[:2]
+  np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
 
 
 def test_poly_policy_is_caffes_and_fyu_drns():

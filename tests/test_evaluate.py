@@ -99,13 +99,13 @@ class PixelScores(nn.Module):
     return nn.Dense(self.num_classes)(x[:, m:m + s * cells[0]:s, m:m + s * cells[1]:s] / 40.0)
 
 
-def test_evaluate_with_boundary_band_and_dense_crf_counts_as_numpy_does():
-  """The boundary measure and the dense CRF's labels through evaluate equal their numpy computation from the same
-  probabilities: three images in batches of two (the last one filled up), the CRF in two worker processes."""
-  rng = np.random.default_rng(2)
+def pixel_scores_setup(rng, upsample='zoom'):
+  """A camvid predictor (margin 186, stride 8, tiles of 24) whose network is PixelScores, its parameters, and three
+  40 x 48 images of 16 px blocks of classes, void in a corner."""
   info, hw = DATASETS['camvid'], (40, 48)
   c = info.num_classes
   cfg = model_config('camvid')
+  cfg.upsample = upsample
   predictor = Predictor(cfg, info, (24, 24), sharding.make_mesh(jax.devices()[:1]), with_context=False)
   predictor.model = PixelScores(predictor.margin, predictor.stride, c)
   size = 2 * predictor.margin + 24
@@ -116,6 +116,14 @@ def test_evaluate_with_boundary_band_and_dense_crf_counts_as_numpy_does():
     label[:5, :7] = IGNORE_LABEL
     image = np.clip(40 * label[..., None] + rng.normal(0, 30, hw + (3,)), 0, 255).astype(np.uint8)
     pairs.append((image, label))
+  return predictor, params, info, pairs
+
+
+def test_evaluate_with_boundary_band_and_dense_crf_counts_as_numpy_does():
+  """The boundary measure and the dense CRF's labels through evaluate equal their numpy computation from the same
+  probabilities: three images in batches of two (the last one filled up), the CRF in two worker processes."""
+  predictor, params, info, pairs = pixel_scores_setup(np.random.default_rng(2))
+  c, hw = info.num_classes, pairs[0][1].shape
   crf = dense_crf.DenseCRFParams(theta_alpha=20.0, theta_beta=10.0, iterations=5)
   probs = [predictor.probabilities(params, [image])[0] for image, _ in pairs]
 

@@ -313,3 +313,87 @@ def test_a_sweep_override_goes_through_the_locked_config_and_a_mistyped_one_is_o
   run['overrides'] = {'totl_steps': 5}
   with pytest.raises(InputError, match=r'^sweep: run x: Key "totl_steps" does not exist .* Did you mean "total_steps"'):
     sweep.run_config(run)
+
+
+def drn_workdir(tmp_path, name, arg, overrides=None, scales=None):
+  """A cityscapes_drn workdir with a val evaluation (with scales: a multi-scale one, as `evaluate --ms` writes it)."""
+  workdir = experiment_workdir(tmp_path, name, f'experiments/cityscapes_drn.py:{arg}', 'val')
+  if overrides or scales:
+    path = os.path.join(workdir, 'config.json')
+    with open(path) as f:
+      cfg = json.load(f)
+    cfg['model']['drn'].update(overrides or {})
+    with open(path, 'w') as f:
+      json.dump(cfg, f)
+  if scales:
+    src = os.path.join(workdir, 'eval', 'val_best.json')
+    with open(src) as f:
+      result = json.load(f)
+    os.remove(src)
+    with open(os.path.join(workdir, 'eval', 'val_best_ms.json'), 'w') as f:
+      json.dump(dict(result, scales=scales, flip=False), f)
+  return workdir
+
+
+def test_the_drn_table_places_a_drn_run_by_its_variant(tmp_path):
+  """A DRN evaluated on Cityscapes val meets fyu/drn's published row of its variant, and no Dilation10 row; not at
+  another width or dilation schedule, nor evaluated at several scales (the published figures are single-scale)."""
+  from dilated_jax.paper_results import DRN
+  expected = {('variant=drn_d_38', None, None): 'DRN-D-38', ('variant=drn_c_26', None, None): 'DRN-C-26',
+              ('variant=drn_d_22', None, None): 'DRN-D-22', ('variant=drn_d_22', (('width', 0.25),), None): None,
+              ('variant=drn_c_26', (('dilations', (1, 1, 1, 1)),), None): None,
+              ('variant=drn_c_26', (('residual_7_8', True),), None): None,
+              ('variant=drn_d_38', None, (0.5, 1.0)): None}
+  for i, ((arg, overrides, scales), row) in enumerate(expected.items()):
+    [run] = tables.load_runs([drn_workdir(tmp_path, f'drn{i}', arg, dict(overrides or ()), scales)])
+    assert tables.paper_row(DRN, run) == row, (arg, overrides, scales)
+    assert tables.paper_row(7, run) is None and tables.paper_row(8, run) is None
+  with_context = drn_workdir(tmp_path, 'drn_context', 'variant=drn_d_22')  # a DRN + context module: no row
+  with open(os.path.join(with_context, 'config.json')) as f:
+    cfg = json.load(f)
+  with open(os.path.join(with_context, 'config.json'), 'w') as f:
+    json.dump(dict(cfg, stage='context'), f)
+  [run] = tables.load_runs([with_context])
+  assert [tables.paper_row(t, run) for t in (7, 8, DRN)] == [None, None, None]
+  [dilation10] = tables.load_runs([experiment_workdir(tmp_path, 'd10', 'experiments/cityscapes_dilation10.py:'
+                                                      'stage=context', 'val')])
+  assert tables.paper_row(7, dilation10) == 'val' and tables.paper_row(DRN, dilation10) is None
+  experiment_workdir(tmp_path, 'd10front', 'experiments/cityscapes_dilation10.py:stage=frontend', 'val')
+  r = subprocess.run([sys.executable, '-m', 'dilated_jax.tables', str(tmp_path / 'drn0'), str(tmp_path / 'drn6'),
+                      str(tmp_path / 'd10'), str(tmp_path / 'd10front')], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  drn_table = r.stdout[r.stdout.index('DRN table'):]
+  assert '| DRN-D-38 | 71.4 |' in drn_table and '| ours - DRN-D-38 | -11.4 |' in drn_table  # ours: 0.6 everywhere
+  assert '| ours: drn6 (val_best_ms) | 60.0 |\n| no paper figure | - |' in drn_table
+  assert 'ours: drn0' not in r.stdout[:r.stdout.index('DRN table')]  # the DRN runs are in the DRN table only
+  assert '| ours - val |' in r.stdout[r.stdout.index('Table 7'):r.stdout.index('DRN table')]
+  assert 'd10front' not in drn_table  # a Dilation10 front end has no figure: the paper's tables, not the DRN's
+
+
+def test_degridding_sweep_builds_each_group_with_its_levels_7_8():
+  """3 groups x 3 seeds of DRNSeg on the built-in dataset; each config builds and runs on a scene, and the groups
+  differ exactly in levels 7-8: C without residuals, C with them, A-style without the levels."""
+  import jax
+  import jax.numpy as jnp
+
+  from dilated_jax.models import build_model
+
+  runs = sweep.load_sweep(os.path.join(ROOT, 'experiments/sweeps/degridding.py'))
+  assert len(runs) == 9 and {(r['group'], r['seed']) for r in runs} == {
+      (g, s) for g in {r['group'] for r in runs} for s in (0, 1, 2)}
+  levels = {}
+  for r in runs:
+    cfg = sweep.run_config(r)
+    assert cfg.model.backbone == 'drn' and cfg.data.name == 'synthetic' and cfg.stage == 'frontend'
+    if r['seed']:
+      continue
+    model = build_model(cfg.model)
+    base = model.front_end.base
+    levels[r['group']] = [(lv.name, lv.dilation, lv.residual) for lv in base.levels()[-3:]]
+    x = jnp.zeros((1, cfg.eval.tile[0], cfg.eval.tile[1], 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert jax.eval_shape(model.apply, variables, x).shape == (1, 16, 16, cfg.model.num_classes)
+  assert levels == {
+      'DRN-C-26: 7-8 dilation 2, 1, no residual': [('layer6', 4, True), ('layer7', 2, False), ('layer8', 1, False)],
+      'DRN-C-26 with residuals at 7-8': [('layer6', 4, True), ('layer7', 2, True), ('layer8', 1, True)],
+      'A-style: levels 7-8 removed': [('layer4', 1, True), ('layer5', 2, True), ('layer6', 4, True)]}

@@ -254,6 +254,15 @@ def drn(name: str, **kwargs) -> DRN:
   return DRN(**{'arch': arch, 'block': block, 'blocks': blocks, **kwargs})
 
 
+def is_published(drn_cfg: dict) -> bool:
+  """Whether a saved config's model.drn fields are the variant as fyu/drn published it: full width, its dilations,
+  no residuals at levels 7-8, its block counts (fields a config predates count as their defaults)."""
+  variant = drn_cfg.get('variant')
+  blocks = tuple(drn_cfg.get('blocks') or ())
+  return (variant in VARIANTS and drn_cfg.get('width', 1.0) == 1.0 and not drn_cfg.get('residual_7_8', False)
+          and tuple(drn_cfg.get('dilations', DILATIONS)) == DILATIONS and blocks in ((), VARIANTS[variant][2]))
+
+
 class DRNSeg(nn.Module):
   """segment.py's DRNSeg without its upsampling: the DRN's levels (`base`, no classifier), then a 1x1 `seg` to C
   classes with bias. Returns class scores at 1/8 resolution, as the DilationNet front end does: the frozen bilinear

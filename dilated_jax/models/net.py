@@ -72,8 +72,11 @@ def model_config(preset: str | None = None) -> ml_collections.ConfigDict:
       backbone='vgg16',  # one of BACKBONES
       # backbone 'drn': variant one of models/drn.py's VARIANTS; width scales every channel count (1: the paper's);
       # norm_mean_rgb / norm_std_rgb: the RGB / 255 normalisation its weights expect (ImageNet's; fyu/drn's
-      # segment.py models: their info.json's)
-      drn=dict(variant='drn_d_22', width=1.0, norm_mean_rgb=drn.IMAGENET_MEAN_RGB, norm_std_rgb=drn.IMAGENET_STD_RGB),
+      # segment.py models: their info.json's). The degridding choices (DRN paper section 4): dilations of levels 5-8,
+      # residual_7_8 (DRN-C only: residual connections at levels 7-8), blocks (8 counts per level, 0 at 6-8 leaves a
+      # level out; (): the variant's).
+      drn=dict(variant='drn_d_22', width=1.0, norm_mean_rgb=drn.IMAGENET_MEAN_RGB, norm_std_rgb=drn.IMAGENET_STD_RGB,
+               dilations=drn.DILATIONS, residual_7_8=False, blocks=()),
       upsample='zoom',
       dtype='float32',  # compute dtype; parameters stay float32
       # the CRF-RNN layer (models/crf.py) that the stages crf and crf_joint put on the network's upsampled output
@@ -109,7 +112,11 @@ def build_model(cfg: ml_collections.ConfigDict, with_context: bool = True, mean_
   if cfg.backbone == 'drn':
     if not isinstance(cfg.drn.width, (int, float)) or not cfg.drn.width > 0:
       raise InputError(f'model.drn.width: expected a positive scale of the channels, got {cfg.drn.width!r}')
-    base = drn.drn(cfg.drn.variant, width=cfg.drn.width, dtype=dtype)  # an unknown variant: one line naming it
+    blocks = {'blocks': tuple(cfg.drn.blocks)} if tuple(cfg.drn.blocks) else {}
+    # An unknown variant: one line naming it; a bad degridding field too, checked now rather than when first run.
+    base = drn.drn(cfg.drn.variant, width=cfg.drn.width, dtype=dtype, dilations=tuple(cfg.drn.dilations),
+                   residual_7_8=bool(cfg.drn.residual_7_8), **blocks)
+    drn.check_drn(base.arch, base.block, base.blocks, base.dilations, base.residual_7_8, base.width)
     for field in ('norm_mean_rgb', 'norm_std_rgb'):
       value = tuple(cfg.drn[field])
       if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value) or (
