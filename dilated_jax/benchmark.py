@@ -383,7 +383,7 @@ def input_benchmark(preset: str, max_workers: int, seconds: float, batch: int | 
   else:
     source = encoded_split(preset, images)
   generate_s = time.perf_counter() - t
-  make_example, crop = image_examples(cfg, source, model, info)
+  make_example, crop, _ = image_examples(cfg, source, model, info)
   decoded = [source[i] for i in range(min(images, len(source)))]
   from_arrays = pipeline.ImageExamples(decoded, info.num_classes, **make_example.args)
   image, _ = decoded[0]
@@ -427,10 +427,10 @@ def input_benchmark(preset: str, max_workers: int, seconds: float, batch: int | 
 
 
 def train_example_before(image_rgb, label, *, crop, margin, stride, out_hw, mean_bgr, rng, flip=True,
-                         scale_range=(1.0, 1.0), label_offset=0):
+                         scale_range=(1.0, 1.0), label_offset=0, full_resolution=False):
   """`pipeline.train_example` as it was before the grain pipeline (one thread, float32 sent to the devices): the
   whole image made BGR minus the mean, padded, then cropped. The baseline the per-core target is measured against."""
-  del scale_range
+  del scale_range, full_resolution  # the benchmark's stages take labels at the output stride
   image, label = pipeline.pad_to_crop(pipeline.to_network_input(image_rgb, mean_bgr), label, margin, crop)
   y, x = int(rng.integers(image.shape[0] - crop[0] + 1)), int(rng.integers(image.shape[1] - crop[1] + 1))
   image, label = image[y:y + crop[0], x:x + crop[1]], label[y:y + crop[0], x:x + crop[1]]
@@ -512,7 +512,7 @@ def overlap_benchmark(cfg, workers: list[int], steps: int, windows: int, devices
   info = datasets.dataset_info(cfg.data)
   model = build_model(cfg.model, with_context=cfg.stage != 'frontend', mean_bgr=info.mean_bgr)
   source, source_kind = training_source(cfg)
-  make_example, crop = image_examples(cfg, source, model, info)
+  make_example, crop, _ = image_examples(cfg, source, model, info)
   rng = jax.random.key(cfg.seed)
   variables = jax.jit(model.init)(rng, jnp.zeros((1,) + crop + (3,)))
   params = variables['params']

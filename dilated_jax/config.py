@@ -35,7 +35,7 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
   """Defaults: the released code's SGD settings (fyu/dilation train.py); with a preset, its model, dataset and test
   tile."""
   cfg = ml_collections.ConfigDict(dict(
-      stage='frontend',  # frontend | context (on the cached front-end scores) | joint
+      stage='frontend',  # frontend | context (on the cached front-end scores) | joint | crf | crf_joint (stages.py)
       init_from='',  # workdir of the previous stage (context, joint)
       weights='',  # or a weights file: ImageNet VGG-16 (front end) or a released model (dilated_jax.weights)
       seed=0,

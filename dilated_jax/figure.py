@@ -20,8 +20,8 @@ from dilated_jax import data as datasets
 
 def draw(cfg, workdirs, split: str, indices, crf: bool = False) -> np.ndarray:
   """One row per image: image | ground truth | one prediction per workdir (with `crf`, each followed by its dense
-  CRF's labels, with the parameters crf_search wrote in WORKDIR/crf/params.json), 4 px apart."""
-  crf_params = [crf_search.read_params(os.path.join(w, 'crf', 'params.json')) for w in workdirs] if crf else []
+  CRF's labels, with the parameters crf_search wrote in WORKDIR/crf/params.json; a network trained with the CRF-RNN
+  layer is drawn refined by it, in one column), 4 px apart. Returns the picture and the column names."""
   info = datasets.dataset_info(cfg.data)
   source = datasets.get_source(cfg.data, split)
   for i in indices:
@@ -29,17 +29,20 @@ def draw(cfg, workdirs, split: str, indices, crf: bool = False) -> np.ndarray:
       raise InputError(f'--indices: {split} has {len(source)} images, got index {i}')
   pairs = [source[i] for i in indices]
   pictures = [p[0] for p in pairs]
-  columns = [pictures, [images.colourise(p[1], info.palette) for p in pairs]]
+  columns, names = [pictures, [images.colourise(p[1], info.palette) for p in pairs]], []
   mesh = sharding.make_mesh()
-  for k, workdir in enumerate(workdirs):
+  for workdir in workdirs:
     predictor, params = inference.restore(workdir, 'best', cfg, info, mesh)
     fill = [np.zeros_like(pictures[0])] * (mesh.size - 1)  # one image per call, the batch filled up per device
     probs = [predictor.probabilities(params, [im] + fill)[0] for im in pictures]
     columns.append([images.colourise(np.argmax(p, -1).astype(np.uint8), info.palette) for p in probs])
-    if crf:
-      refined = dense_crf.refine_all(zip(probs, pictures), crf_params[k], workers=0, labels=True)
+    names.append(workdir + (' (CRF-RNN)' if predictor.crf is not None else ''))
+    if crf and predictor.crf is None:
+      crf_params = crf_search.read_params(os.path.join(workdir, 'crf', 'params.json'))
+      refined = dense_crf.refine_all(zip(probs, pictures), crf_params, workers=0, labels=True)
       columns.append([images.colourise(labels, info.palette) for labels in refined])
-  return images.side_by_side(zip(*columns))
+      names.append(f'{workdir} + CRF')
+  return images.side_by_side(zip(*columns)), names
 
 
 FLAGS = flags.FLAGS
@@ -50,9 +53,8 @@ def main(argv):
     raise InputError(f'unexpected arguments {argv[1:]}: everything is given by flags')
   indices = [int(i) for i in FLAGS.indices.split(',')]
   workdirs = FLAGS.workdirs.split(',')
-  picture = draw(FLAGS.config, workdirs, FLAGS.split, indices, FLAGS.crf)
+  picture, columns = draw(FLAGS.config, workdirs, FLAGS.split, indices, FLAGS.crf)
   images.write_png(FLAGS.output, picture)
-  columns = [c for w in workdirs for c in ((w, f'{w} + CRF') if FLAGS.crf else (w,))]
   print(f'wrote {FLAGS.output}: {len(indices)} {FLAGS.split} images x (image, ground truth, {", ".join(columns)})')
 
 

@@ -124,11 +124,11 @@ def main(argv):
     raise InputError('no images given: expected image files after the flags')
   stems = output_stems(paths, FLAGS.output_dir, ('.png', '_overlay.png') + (('.npy',) if FLAGS.save_probs else ()))
   crf = cli.crf_from_flags()
-  scales, flip = cli.test_time_from_flags(FLAGS.config.eval if FLAGS.config is not None else None)
+  model_cfg, info, tile, params, with_context, tiles_per_device = network()  # first: --workdir or --weights
+  scales, flip = cli.test_time_from_flags(FLAGS.config.eval if FLAGS.workdir is not None else None)
   multiscale = is_multiscale(scales, flip)
   if multiscale and crf:
     raise InputError('--crf: multi-scale or flip testing with the dense CRF is not supported; use one or the other')
-  model_cfg, info, tile, params, with_context, tiles_per_device = network()
   pictures = [read_image(p, tile, FLAGS.max_pixels) for p in paths]  # every file is checked before anything is written
   cli.check_writable(FLAGS.output_dir, '--output_dir')
   mesh = sharding.make_mesh()

@@ -25,9 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every argument value of every config; a new experiments/*.py must be listed here.
 ARGS = {
     'synthetic': [None, 'stage=frontend', 'stage=context', 'stage=joint', 'stage=context,context=large',
-                  'stage=context,context=flat'],
+                  'stage=context,context=flat', 'stage=crf,context=none', 'stage=crf_joint,context=basic'],
     'voc_frontend': [None, 'data=voc_sbd', 'data=coco', 'data=voc_finetune'],
     'voc_context': [None, 'context=basic', 'context=large'],
+    'voc_crf': [None, 'on=frontend', 'on=basic', 'on=large,stage=crf_joint'],
     'camvid_dilation8': [None, 'stage=frontend', 'stage=joint'],
     'camvid_scratch': [None, 'stage=frontend', 'stage=joint'],
     'kitti_dilation7': [None, 'stage=frontend', 'stage=joint'],
@@ -66,7 +67,7 @@ def test_config_loads_is_locked_and_builds(name, arg):
   assert cfg.model.num_classes == info.num_classes
   model = build_model(cfg.model, with_context=cfg.stage != 'frontend')
   fe = model.front_end
-  assert (model.context_module is None) == (cfg.stage == 'frontend')
+  assert (model.context_module is None) == (cfg.stage == 'frontend' or not cfg.model.context.dilations)
   assert all(t % fe.stride == 0 for t in cfg.eval.tile), cfg.eval.tile
   if cfg.data.name != 'synthetic':
     # A DRN (no margin) may test whole images, as fyu/drn segment.py: its tile seams would meet zero padding.

@@ -209,7 +209,7 @@ def test_bad_layer_settings_name_the_field(fields, named):
   u, im = jnp.zeros((1, 12, 16, 3)), jnp.zeros((1, 12, 16, 3))
   with pytest.raises(InputError) as e:
     crf.init(jax.random.key(0), u, im)
-  assert str(e.value).startswith(named + ':') and '\n' not in str(e.value)
+  assert str(e.value).startswith('model.' + named + ':') and '\n' not in str(e.value)  # the config's field
 
 
 def test_the_widest_window_that_covers_the_image_is_allowed():

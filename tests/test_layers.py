@@ -351,6 +351,6 @@ def test_the_deconvolution_preset_trains_on_the_labels_at_its_offset():
   for preset, offset in (('camvid', 0), ('cityscapes', 4)):
     cfg = config.base(preset)
     info = synthetic.info(cfg.data.synthetic)
-    make_example, _ = image_examples(cfg, synthetic.SyntheticScenes(cfg.data.synthetic, 'train'),
+    make_example, _, _ = image_examples(cfg, synthetic.SyntheticScenes(cfg.data.synthetic, 'train'),
                                      build_model(cfg.model), info)
     assert make_example.args['label_offset'] == offset

@@ -255,7 +255,7 @@ def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
   with checkpoint.manager(runs[1], keep=1) as mngr:
     checkpoint.save(mngr, 0, {'step': np.zeros((), np.int32), 'params': params}, force=True)
     checkpoint.wait(mngr)
-  picture = figure.draw(cfg, runs, 'test', [0, 3])
+  picture, _ = figure.draw(cfg, runs, 'test', [0, 3])
   size = cfg.data.synthetic.image_size
   assert picture.shape == (2 * (size + 4), 4 * (size + 4), 3)
   image, label = datasets.get_source(cfg.data, 'test')[3]
@@ -281,8 +281,8 @@ def test_figure_rows_are_image_ground_truth_and_each_runs_prediction(tmp_path):
     figure.draw(cfg, runs[:1], 'test', [3], crf=True)
   os.makedirs(os.path.join(runs[0], 'crf'))
   crf_search.write_params(os.path.join(runs[0], 'crf', 'params.json'), crf, [], images=[])
-  picture = figure.draw(cfg, runs[:1], 'test', [3], crf=True)
-  assert picture.shape == (size + 4, 4 * (size + 4), 3)
+  picture, names = figure.draw(cfg, runs[:1], 'test', [3], crf=True)
+  assert picture.shape == (size + 4, 4 * (size + 4), 3) and names == [runs[0], f'{runs[0]} + CRF']
   np.testing.assert_array_equal(picture[:size, 2 * (size + 4):2 * (size + 4) + size], columns[0])
   predictor = Predictor(cfg.model, info, cfg.eval.tile, sharding.make_mesh(jax.devices()[:1]), with_context=False)
   probs = predictor.probabilities(checkpoint.load_params(runs[0], 'best'), [image])[0]
