@@ -42,7 +42,7 @@ from dilated_jax import data as datasets
 from dilated_jax.data import pipeline
 from dilated_jax.data.info import DATASETS
 from dilated_jax.models import build_model
-from dilated_jax.train import image_examples, make_train_step, optimizer
+from dilated_jax.train import full_resolution, image_examples, make_train_step, optimizer
 
 
 def timed(fn, runs: int, warmup: int) -> np.ndarray:
@@ -507,6 +507,8 @@ def overlap_benchmark(cfg, workers: list[int], steps: int, windows: int, devices
   """
   if cfg.stage == 'context':
     raise InputError('--config: the context stage trains on cached scores, not images; give a frontend or joint stage')
+  if cfg.stage not in ('frontend', 'joint'):
+    raise InputError(f'--config: the overlap benchmark times the frontend and joint stages, got stage {cfg.stage}')
   load_before = list(os.getloadavg())
   mesh = sharding.make_mesh(devices)
   info = datasets.dataset_info(cfg.data)
@@ -520,7 +522,8 @@ def overlap_benchmark(cfg, workers: list[int], steps: int, windows: int, devices
   trainable = tuple(params)
   state = checkpoint.initial_state(params, tx, trainable, variables.get('batch_stats'))  # a DRN's statistics too
   holder = {'state': jax.device_put(state, sharding.replicated(mesh))}
-  step_fn = make_train_step(model, cfg.stage, trainable, tx, cfg.model.num_classes, rng, mesh, info.mean_bgr)
+  step_fn = make_train_step(model, cfg.stage, trainable, tx, cfg.model.num_classes, rng, mesh, info.mean_bgr,
+                            upsample=cfg.model.upsample, full_resolution=full_resolution(cfg))
   n, batch = len(source), cfg.batch_size
   constant = sharding.global_batch(mesh, pipeline.ProcessBatch(make_example, n, batch, cfg.seed, range(batch))(0))
 

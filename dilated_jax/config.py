@@ -51,6 +51,10 @@ def base(preset: str | None = None) -> ml_collections.ConfigDict:
       momentum=0.9,
       weight_decay=5e-4,  # on kernels only (Caffe decay_mult 0 for biases)
       bias_lr_mult=2.0,
+      # 'output': one label per output cell, the loss at 1/8 resolution (arXiv 1511.07122 section 4, fyu/dilation);
+      # 'full': the scores upsampled by model.upsample first, every pixel a label (fyu/drn segment.py). The CRF
+      # stages are always 'full'; the context stage, on cached scores, 'output'.
+      loss_resolution='output',
       log_every=50,
       eval_every=0,  # 0: evaluate at the end only
       checkpoint_every=1000,

@@ -9,7 +9,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from dilated_jax.data import pipeline
-from dilated_jax.models import crf as crf_lib, upsample_probabilities
+from dilated_jax.models import crf as crf_lib, upsample_probabilities, upsample_scores
 
 IMAGES, SCORES = 'images', 'scores'
 
@@ -38,11 +38,13 @@ class Stage:
   needs_trained_front_end: bool
   with_crf: bool = False
 
-  def forward(self, model, params, x, dropout_rng, mean_bgr, batch_stats=None, crf=None, upsample='zoom'):
+  def forward(self, model, params, x, dropout_rng, mean_bgr, batch_stats=None, crf=None, upsample='zoom',
+              full_resolution=False):
     """(training-mode class scores, updated batch_stats) of a batch `x` as this stage is fed: uint8 RGB crops are
     made BGR minus `mean_bgr` here, on the device. BatchNorm (a DRN front end: `batch_stats` not None) normalises
     with the batch's statistics and returns its running averages updated; without it the second value is None.
-    With the CRF layer `crf` the scores are its own, at full resolution (`upsample`: the network's, model.upsample)."""
+    With the CRF layer `crf` the scores are its own, at full resolution (`upsample`: the network's, model.upsample);
+    with `full_resolution` (loss_resolution 'full') the network's upsampled, over the crop's output region."""
     if self.feeds == SCORES:  # the context module alone: no BatchNorm runs
       return model.context_module.apply({'params': params['context_module']}, x), batch_stats
     rgb = x
@@ -59,6 +61,9 @@ class Stage:
       batch_stats = updated['batch_stats']
     if crf is not None:
       scores = crf_head(crf, params['crf'], scores, rgb, model.front_end, upsample)
+    elif full_resolution:
+      scores = upsample_scores(scores, upsample, model.front_end.stride,
+                               output_region(model.front_end, scores.shape[1:3])[1])
     return scores, batch_stats
 
 

@@ -63,11 +63,12 @@ def optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
 
 
 def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mesh, mean_bgr, crf=None,
-                    upsample: str = 'zoom'):
+                    upsample: str = 'zoom', full_resolution: bool = False):
   """The jitted step (state, batch) -> (state, metrics): data-parallel over `mesh`, the state donated.
 
   The batch goes through `stage`'s forward pass (`stages.Stage.forward`, with the CRF layer `crf` on top in the CRF
-  stages); only the subtrees named in `trainable` get gradients and updates. A network with BatchNorm (the state
+  stages; `full_resolution`: the scores upsampled, loss_resolution 'full'); only the subtrees named in `trainable` get
+  gradients and updates. A network with BatchNorm (the state
   holds batch_stats: a DRN) normalises with the batch's statistics, and the running averages of the trained subtrees
   are updated; evaluation uses those.
   """
@@ -79,7 +80,7 @@ def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mes
 
     def loss_fn(t):
       logits, stats = forward(model, {**state['params'], **t}, batch['image'], dropout_rng, mean_bgr, batch_stats,
-                              crf, upsample)
+                              crf, upsample, full_resolution)
       loss, step_metrics = loss_and_metrics(logits, batch['label'], num_classes)
       return loss, (step_metrics, stats)
 
@@ -168,6 +169,12 @@ class Run:
     self.workers = pipeline.resolve_workers(cfg.data.workers)
 
 
+def full_resolution(cfg) -> bool:
+  """Whether the stage's labels and loss are at full resolution over the crop's output region (stages.output_region):
+  the CRF stages', or loss_resolution 'full'."""
+  return STAGES[cfg.stage].with_crf or cfg.loss_resolution == 'full'
+
+
 def image_examples(cfg, source, model, info):
   """make_example(i, rng) of the image stages (frontend, joint, crf), the training crop (arXiv 1511.07122 section 4)
   and the size of its output."""
@@ -191,7 +198,7 @@ def image_examples(cfg, source, model, info):
                                         out_hw=out_hw, flip=cfg.data.flip,
                                         scale_range=tuple(cfg.data.scale_range),
                                         label_offset=label_offset(cfg.model.upsample, fe.stride),
-                                        full_resolution=STAGES[cfg.stage].with_crf)
+                                        full_resolution=full_resolution(cfg))
   return make_example, crop, out_hw
 
 
@@ -476,7 +483,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   else:
     make_example, num_examples = run.image_examples, len(run.train_source)
   step_fn = make_train_step(run.model, run.stage.name, run.trains, tx, cfg.model.num_classes,
-                            jax.random.key(cfg.seed), run.mesh, run.info.mean_bgr, run.crf, cfg.model.upsample)
+                            jax.random.key(cfg.seed), run.mesh, run.info.mean_bgr, run.crf, cfg.model.upsample,
+                            full_resolution(cfg))
 
   # --- the loop's companions. Closed at the end, in this order, whatever happened: the input workers stop, the last
   # save is waited for, the logs and the profile are written, the SIGTERM handler is restored.
@@ -579,12 +587,13 @@ MINIMUMS = {'batch_size': 1, 'total_steps': 1, 'log_every': 1, 'checkpoint_every
 
 
 LR_POLICIES = ('step', 'poly')
+LOSS_RESOLUTIONS = ('output', 'full')
 
 
 def check_settings(cfg):
   """One line naming the first field of `cfg` a run cannot use: a stage not in STAGES, a count below what a run
   needs (`keep_checkpoints` 0 would let retention delete the checkpoint just written, the preemption one included),
-  a profile range that is not two steps."""
+  a profile range that is not two steps, a loss resolution the stage cannot have."""
   if cfg.stage not in STAGES:
     raise InputError(f'stage: expected one of {tuple(STAGES)}, got {cfg.stage!r}')
   for field, least in MINIMUMS.items():
@@ -597,6 +606,11 @@ def check_settings(cfg):
     raise InputError(f'lr_policy: expected one of {LR_POLICIES}, got {cfg.lr_policy!r}')
   if cfg.lr_policy == 'poly' and tuple(cfg.lr_steps):
     raise InputError(f"lr_steps: {tuple(cfg.lr_steps)} are the 'step' policy's; lr_policy 'poly' decays every step")
+  if cfg.loss_resolution not in LOSS_RESOLUTIONS:
+    raise InputError(f'loss_resolution: expected one of {LOSS_RESOLUTIONS}, got {cfg.loss_resolution!r}')
+  if cfg.loss_resolution == 'full' and STAGES[cfg.stage].feeds == SCORES:
+    raise InputError(f"loss_resolution: 'full' needs an image stage; stage {cfg.stage} trains on the front end's "
+                     "cached scores, labelled at the output's resolution")
   steps = tuple(cfg.profile_steps)
   if steps and (len(steps) != 2 or not all(isinstance(s, int) for s in steps) or not 1 <= steps[0] <= steps[1]):
     raise InputError(f'profile_steps: expected () or (first, last) with 1 <= first <= last, got {steps}')

@@ -16,8 +16,8 @@ learning rate for every parameter (bias_lr_mult 1), 250 epochs of the 2,975 trai
 iterations each: segment.py drops the last short batch). Not here: random rotation (segment.py --random-rotate,
 used for its DRN-D-105): the input pipeline has no rotation, so no argument offers it. The test is one tile per
 2048 x 1024 image (eval.tile 1024 x 2048): a DRN has no reflection margin, so tiles would meet zero padding at their
-seams where segment.py sees the neighbouring pixels. The loss is taken at 1/8 as every stage here
-(docs/decisions.md, "A DRN trains as a front end").
+seams where segment.py sees the neighbouring pixels. The loss is at full resolution, after the x8 deconvolution, as
+segment.py's (loss_resolution 'full'; docs/decisions.md, "A DRN trains as a front end").
 """
 
 from dilated_jax import config as base_config
@@ -38,8 +38,8 @@ def get_config(arg=None):
   cfg.data.crop = (896, 896)  # segment.py -s 896
   if args['augment'] == 'scale':
     cfg.data.scale_range = (0.5, 2.0)  # data_transforms.RandomScale(2): U(1 / 2, 2)
-  cfg.update(stage='frontend', batch_size=batch, total_steps=EPOCHS * per_epoch, lr=0.01, momentum=0.9,
-             weight_decay=1e-4, bias_lr_mult=1.0, log_every=50, eval_every=0, checkpoint_every=1000)
+  cfg.update(stage='frontend', loss_resolution='full', batch_size=batch, total_steps=EPOCHS * per_epoch, lr=0.01,
+             momentum=0.9, weight_decay=1e-4, bias_lr_mult=1.0, log_every=50, eval_every=0, checkpoint_every=1000)
   if args['schedule'] == 'step':
     cfg.update(lr_policy='step', lr_gamma=0.1, lr_steps=tuple(e * per_epoch for e in range(STEP_EPOCHS, EPOCHS,
                                                                                             STEP_EPOCHS)))

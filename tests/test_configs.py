@@ -130,7 +130,7 @@ PAPER = [
                                               'model.context.dilations': context.DILATION10}),
     ('camvid_drn', None, {'model.backbone': 'drn', 'model.drn.variant': 'drn_d_22', 'model.upsample': 'deconv',
                           'lr': 0.01, 'momentum': 0.9, 'weight_decay': 1e-4, 'lr_policy': 'poly', 'lr_power': 0.9,
-                          'bias_lr_mult': 1.0, 'eval.split': 'test'}),
+                          'bias_lr_mult': 1.0, 'eval.split': 'test', 'loss_resolution': 'full'}),
     # fyu/drn README.md, "Training": -s 896 --batch-size 32 --epochs 250 --lr 0.01 --momentum 0.9 --step 100; 92
     # iterations an epoch (2975 // 32, drop_last).
     ('cityscapes_drn', None, {'model.backbone': 'drn', 'model.drn.variant': 'drn_d_22', 'model.upsample': 'deconv',
@@ -138,7 +138,7 @@ PAPER = [
                               'momentum': 0.9, 'weight_decay': 1e-4, 'bias_lr_mult': 1.0, 'lr_policy': 'step',
                               'lr_gamma': 0.1, 'lr_steps': (9200, 18400), 'total_steps': 23_000,
                               'data.scale_range': (1.0, 1.0), 'data.flip': True, 'eval.split': 'val',
-                              'data.name': 'cityscapes'}),
+                              'data.name': 'cityscapes', 'loss_resolution': 'full'}),
     ('cityscapes_drn', 'variant=drn_d_38,batch=16,schedule=poly,augment=scale', {
         'model.drn.variant': 'drn_d_38', 'batch_size': 16, 'total_steps': 250 * 185, 'lr_policy': 'poly',
         'lr_power': 0.9, 'data.scale_range': (0.5, 2.0)}),

@@ -248,7 +248,7 @@ def test_drn_stages_chain_with_their_batch_stats(tmp_path):
 
 @pytest.mark.slow
 def test_the_overlap_benchmark_steps_a_drn_with_its_batch_stats():
-  r = benchmark.overlap_benchmark(tiny_drn(), [0], steps=2, windows=1)
+  r = benchmark.overlap_benchmark(tiny_drn(loss_resolution='full'), [0], steps=2, windows=1)  # fyu/drn's loss
   assert len(r['constant']) == 2 and r['fed'][0]['step_s_median'] > 0
 
 
@@ -261,3 +261,60 @@ def test_one_device_and_eight_devices_give_the_same_drn_and_statistics(tmp_path)
   train(cfg, str(tmp_path / 'eight'))
   one, eight = checkpoint.load_variables(str(tmp_path / 'one')), checkpoint.load_variables(str(tmp_path / 'eight'))
   assert_trees_equal(one, eight, exact=False, rtol=1e-4, atol=1e-5)
+
+
+def caffe_bilinear_deconv(scores, stride=8, kernel=16, pad=4):
+  """Caffe's Deconvolution with the bilinear filler, from its definition: out[y] = sum_i k[y + pad - stride i] s[i]
+  for 0 <= y + pad - stride i < kernel, k[d] = 1 - |d - 7.5| / 8, separably in y and x."""
+  k = 1 - np.abs(np.arange(kernel) - (kernel - 1) / 2) / (kernel // 2)
+  n, h, w, c = scores.shape
+
+  def weights(size):  # (stride * size, size): output pixel, input cell
+    m = np.zeros((stride * size, size))
+    for y in range(stride * size):
+      for i in range(size):
+        if 0 <= y + pad - stride * i < kernel:
+          m[y, i] = k[y + pad - stride * i]
+    return m
+
+  return np.einsum('yi,xj,nijc->nyxc', weights(h), weights(w), np.asarray(scores, np.float64))
+
+
+def test_full_resolution_loss_is_the_deconvolution_then_log_softmax_over_every_pixel():
+  """loss_resolution 'full' (fyu/drn segment.py): the x8 deconvolution of the scores, log_softmax, the mean NLL over
+  every labelled pixel, against the image's own label pixels."""
+  from dilated_jax.stages import STAGES
+  from dilated_jax.train import loss_and_metrics
+
+  cfg = tiny_drn(loss_resolution='full')
+  cfg.data.flip = False  # whole 32 px scenes, no margin: the crop is the image
+  run = Run(cfg, devices=jax.devices()[:1])
+  example = run.image_examples(0, np.random.default_rng(0))
+  image, label = datasets.get_source(cfg.data, 'train')[0]
+  np.testing.assert_array_equal(example['image'], image)
+  np.testing.assert_array_equal(example['label'], label)  # every pixel's label, not one per cell
+  variables = run.model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))
+  x, stats = example['image'][None], variables['batch_stats']
+  forward = STAGES['frontend'].forward
+  rng = jax.random.key(1)
+  cells, _ = forward(run.model, variables['params'], x, rng, run.info.mean_bgr, stats, upsample='deconv')
+  full, _ = forward(run.model, variables['params'], x, rng, run.info.mean_bgr, stats, upsample='deconv',
+                    full_resolution=True)
+  assert cells.shape == (1, 4, 4, 5) and full.shape == (1, 32, 32, 5)
+  up = caffe_bilinear_deconv(cells)
+  np.testing.assert_allclose(full, up, rtol=1e-4, atol=1e-4)
+  logp = up - np.log(np.exp(up - up.max(-1, keepdims=True)).sum(-1, keepdims=True)) - up.max(-1, keepdims=True)
+  valid = label != 255
+  expected = -np.take_along_axis(logp[0], np.where(valid, label, 0)[..., None], -1)[..., 0][valid].mean()
+  loss, _ = loss_and_metrics(full, example['label'][None], 5)
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('fields,message', [
+    (dict(loss_resolution='half'), "loss_resolution: expected one of ('output', 'full'), got 'half'"),
+    (dict(stage='context', loss_resolution='full'), "loss_resolution: 'full' needs an image stage; stage context"),
+])
+def test_bad_loss_resolution_is_one_line_naming_the_field(tmp_path, fields, message):
+  with pytest.raises(InputError) as error:
+    train(tiny(**fields), str(tmp_path / 'run'))
+  assert str(error.value).startswith(message)

@@ -46,11 +46,19 @@ def upsample_probabilities(scores, mode: str, zoom: int, out_hw: tuple[int, int]
   softmax."""
   if mode == 'zoom':
     return bilinear_zoom(jax.nn.softmax(scores.astype(jnp.float32), axis=-1), zoom, out_hw)
+  return jax.nn.softmax(upsample_scores(scores, mode, zoom, out_hw), axis=-1)
+
+
+def upsample_scores(scores, mode: str, zoom: int, out_hw: tuple[int, int]):
+  """Full-resolution class scores (logits) from 1/zoom scores, for a loss at full resolution (loss_resolution
+  'full'): the same linear upsampling as the test's, on the scores (fyu/drn segment.py: its `up` deconvolution, then
+  log_softmax); with 'zoom' that is the zoom of the scores, not of the probabilities the test zooms."""
+  if mode == 'zoom':
+    return bilinear_zoom(scores.astype(jnp.float32), zoom, out_hw)
   if mode == 'deconv':
     if zoom != 8:
       raise InputError(f"model.upsample: 'deconv' is the x8 Cityscapes layer, but the front end's stride is {zoom}")
-    up = bilinear_deconv(scores.astype(jnp.float32))[:, :out_hw[0], :out_hw[1]]
-    return jax.nn.softmax(up, axis=-1)
+    return bilinear_deconv(scores.astype(jnp.float32))[:, :out_hw[0], :out_hw[1]]
   raise InputError(f'model.upsample: expected one of {UPSAMPLINGS}, got {mode!r}')
 
 
