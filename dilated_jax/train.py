@@ -68,9 +68,8 @@ def make_train_step(model, stage: str, trainable, tx, num_classes: int, rng, mes
 
   The batch goes through `stage`'s forward pass (`stages.Stage.forward`, with the CRF layer `crf` on top in the CRF
   stages; `full_resolution`: the scores upsampled, loss_resolution 'full'); only the subtrees named in `trainable` get
-  gradients and updates. A network with BatchNorm (the state
-  holds batch_stats: a DRN) normalises with the batch's statistics, and the running averages of the trained subtrees
-  are updated; evaluation uses those.
+  gradients and updates. A network with BatchNorm (the state holds batch_stats: a DRN) normalises with the batch's
+  statistics, and the running averages of the trained subtrees are updated; evaluation uses those.
   """
   forward = STAGES[stage].forward
 
