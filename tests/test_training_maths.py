@@ -12,7 +12,7 @@ import pytest
 from dilated_jax import config, sharding
 from dilated_jax.data.info import IGNORE_LABEL
 from dilated_jax.models import DilatedConv, build_model
-from dilated_jax.train import loss_and_metrics, make_train_step, optimizer
+from dilated_jax.train import loss_and_metrics, make_train_step, optimizer, update_if
 
 # What the paper's prototxts give every convolution (param { lr_mult decay_mult } of weights, then biases).
 LR_MULT = {'kernel': 1.0, 'bias': 2.0}
@@ -81,13 +81,16 @@ def test_optimizer_is_caffes_sgd_across_learning_rate_drops():
 
   tx = optimizer(cfg)
   state, p = tx.init(params), jax.tree.map(jnp.asarray, params)
+  update = jax.jit(lambda p, state, g: update_if(jnp.bool_(True), tx, g, state, p), donate_argnums=(0, 1))
   for it, g in enumerate(grads):  # as make_train_step applies it
-    updates, state = tx.update(g, state, p)
-    p = optax.apply_updates(p, updates)
+    before = flat(p)
+    p, state, finite = update(p, state, g)
+    assert finite
     want_w, want_delta = want[it]
-    got_w, got_delta = flat(p), flat(updates)
+    got_w = flat(p)
+    got_delta = {k: got_w[k] - before[k] for k in got_w}
     for k in want_w:
-      np.testing.assert_allclose(got_delta[k], want_delta[k], rtol=2e-5, atol=1e-7,
+      np.testing.assert_allclose(got_delta[k], want_delta[k], rtol=2e-5, atol=1e-6,  # w' - w: w's rounding
                                  err_msg=f'update of {"/".join(k)} at iteration {it}')
       np.testing.assert_allclose(got_w[k], want_w[k], rtol=2e-5, atol=1e-6,
                                  err_msg=f'{"/".join(k)} after iteration {it}')
@@ -101,6 +104,35 @@ def test_optimizer_is_caffes_sgd_across_learning_rate_drops():
            'no lr drop': last(caffe_sgd(flat(params), grads_np, cfg.lr, 1.0, (), cfg.momentum, cfg.weight_decay))}
   for name, delta in wrong.items():
     assert np.abs(delta - right).max() > 100 * 2e-5 * np.abs(right).max(), name
+
+
+def test_an_update_is_applied_only_when_allowed_and_an_overflow_is_flagged():
+  """update_if: not ok, the parameters and momentum come back as given (bit for bit); ok, as tx gives them; finite
+  gradients that overflow the parameters update them and say so."""
+  cfg = config.base()
+  rng = np.random.default_rng(1)
+  params = small_param_tree(rng)
+  grads = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+  tx = optimizer(cfg)
+  state = tx.update(grads, tx.init(params), params)[1]  # a momentum buffer that is not zero
+  step = jax.jit(lambda ok, p, s, g: update_if(ok, tx, g, s, p))
+  held = step(jnp.bool_(False), params, state, grads)
+  for got, given in zip(jax.tree.leaves(held[:2]), jax.tree.leaves((params, state))):
+    np.testing.assert_array_equal(got, given)
+  assert held[2]
+  updates, want_state = tx.update(grads, state, params)
+  moved = step(jnp.bool_(True), params, state, grads)
+  for got, want in zip(jax.tree.leaves(moved[:2]), jax.tree.leaves((optax.apply_updates(params, updates),
+                                                                      want_state))):
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+  fc6 = ('front_end', 'fc6', 'kernel')
+  assert not np.allclose(flat(moved[0])[fc6], flat(params)[fc6])
+  cfg.lr = 1.0
+  tx = optimizer(cfg)
+  huge = jax.tree.map(lambda x: np.full_like(x, 3e38), params)  # w - lr g = 6e38
+  overflowed = jax.jit(update_if, static_argnums=1)(jnp.bool_(True), tx, jax.tree.map(np.negative, huge),
+                                                    tx.init(huge), huge)
+  assert not overflowed[2] and not np.isfinite(flat(overflowed[0])[fc6]).all()
 
 
 def test_biases_take_no_weight_decay_and_twice_the_rate():
