@@ -320,6 +320,25 @@ def test_bilinear_deconv_matches_caffe_scatter():
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('stride,kernel,pad', [(8, 16, 4), (4, 8, 2), (2, 3, 0), (3, 7, 1), (2, 4, 3)])
+def test_bilinear_deconv_and_its_gradient_at_other_strides_kernels_and_pads(stride, kernel, pad):
+  """The per-axis form against Caffe's scatter for kernels other than twice the stride, and its gradient against
+  that of the grouped transposed convolution (lhs_dilation) that XLA derives."""
+  x = np.random.default_rng(8).normal(size=(1, 5, 3, 2)).astype(np.float32)
+  ours = layers.bilinear_deconv(jnp.asarray(x), stride, kernel, pad)
+  np.testing.assert_allclose(np.asarray(ours), caffe_deconv_ref(x, caffe_bilinear_filler(kernel), stride, pad),
+                             rtol=1e-5, atol=1e-5)
+  flipped = caffe_bilinear_filler(kernel)[::-1, ::-1]  # a transposed convolution's kernel (odd k: not symmetric)
+  k2d = jnp.asarray(flipped[:, :, None, None] * np.ones((1, 1, 1, 2), np.float32))
+  grouped = lambda x: jax.lax.conv_general_dilated(
+      x, k2d, (1, 1), ((kernel - 1 - pad,) * 2,) * 2, lhs_dilation=(stride, stride),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=2, precision=jax.lax.Precision.HIGHEST)
+  dy = jnp.asarray(np.random.default_rng(9).normal(size=ours.shape).astype(np.float32))
+  want = jax.vjp(grouped, jnp.asarray(x))[1](dy)[0]
+  got = jax.vjp(lambda x: layers.bilinear_deconv(x, stride, kernel, pad), jnp.asarray(x))[1](dy)[0]
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def test_bilinear_deconv_is_half_pixel_bilinear_with_zero_border():
   """The Cityscapes deploy's deconvolution (kernel 16, stride 8, pad 4, bilinear filler) equals half-pixel-centre
   bilinear x8 of the map with zeros outside it."""

@@ -212,17 +212,38 @@ def bilinear_kernel_1d(kernel: int = 16) -> np.ndarray:
   return (1 - np.abs(np.arange(kernel) / f - c)).astype(np.float32)
 
 
+def _deconv_axis(x, axis: int, stride: int, kernel: int, pad: int):
+  """One axis of the grouped bilinear deconvolution: out[s j + r] = sum_d x[j - d] k[s d + r + pad] (x zero outside
+  the map), as a few shifted copies of x times per-phase weights."""
+  k1 = bilinear_kernel_1d(kernel)
+  n = x.shape[axis]
+  n_out = (n - 1) * stride + kernel - 2 * pad
+  cells = -(-n_out // stride)
+  d_min, d_max = -((stride - 1 + pad) // stride), (kernel - 1 - pad) // stride
+  before, after = max(d_max, 0), max(cells - n - d_min, 0)
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (before, after)
+  xp = jnp.pad(x, widths)
+  out = 0
+  for d in range(d_min, d_max + 1):
+    taps = stride * d + np.arange(stride) + pad
+    w = np.where((taps >= 0) & (taps < kernel), k1[np.clip(taps, 0, kernel - 1)], 0)
+    if not w.any():
+      continue
+    shifted = jax.lax.slice_in_dim(xp, before - d, before - d + cells, axis=axis)
+    shape = [1] * (x.ndim + 1)
+    shape[axis + 1] = stride
+    out = out + jnp.expand_dims(shifted, axis + 1) * jnp.asarray(w.reshape(shape), x.dtype)
+  out = out.reshape(x.shape[:axis] + (cells * stride,) + x.shape[axis + 1:])
+  return jax.lax.slice_in_dim(out, 0, n_out, axis=axis)
+
+
 def bilinear_deconv(x, stride: int = 8, kernel: int = 16, pad: int = 4):
   """The frozen grouped bilinear Deconvolution of the Cityscapes model (kernel 16, stride 8, pad 4): (H, W) -> 8H x 8W.
 
-  A transposed convolution is a convolution of the input dilated by the stride (lhs_dilation) with the flipped
-  kernel, padded by kernel - 1 - pad; the bilinear kernel is symmetric, so no flip is needed.
+  Caffe's Deconvolution (cell i adds x[i] k[t] to output s i - pad + t) with the separable BilinearFiller kernel, one
+  group per channel, computed per axis from shifted copies of the map: elementwise, so fast in both directions on
+  every backend and linear in memory. As a grouped transposed convolution (lhs_dilation) XLA's CPU backend took
+  1.6 s per 480 x 360 output of 11 classes, where a half-width DRN-D-22's forward pass takes 0.17 s.
   """
-  c = x.shape[-1]
-  k1 = bilinear_kernel_1d(kernel)
-  w = jnp.asarray(np.outer(k1, k1)[:, :, None, None] * np.ones((1, 1, 1, c), np.float32), x.dtype)
-  p = kernel - 1 - pad
-  return jax.lax.conv_general_dilated(
-      x, w, window_strides=(1, 1), padding=((p, p), (p, p)), lhs_dilation=(stride, stride),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c,
-      precision=jax.lax.Precision.HIGHEST)
+  return _deconv_axis(_deconv_axis(x, 1, stride, kernel, pad), 2, stride, kernel, pad)
