@@ -217,6 +217,9 @@ def restore(workdir: str, which: str, cfg: ml_collections.ConfigDict, info, mesh
   return predictor, jax.device_put(checkpoint.eval_variables(variables), sharding.replicated(mesh))
 
 
+IN_FLIGHT = 2
+
+
 def evaluate(predictor: Predictor, params, source, info, batch_size: int, workers: int = 0, stop=None,
              boundary_width: int = 0, crf: dense_crf.DenseCRFParams | None = None, scales=None,
              flip: bool = False) -> dict | None:
@@ -247,6 +250,9 @@ def evaluate(predictor: Predictor, params, source, info, batch_size: int, worker
     run = functools.partial(_multiscale_confusions, scales=scales, flip=flip)
   parts = run(predictor, params, source, info.num_classes, batch_size, workers, boundary_width, crf)
   seen = 0
+  # Batches dispatched to the devices and not yet finished: at most IN_FLIGHT, so that the progress counts finished
+  # images and the host does not queue the whole split's tiles on the devices ahead of them.
+  in_flight = collections.deque()
   try:
     for images, part in parts:
       if stop is not None and stop():
@@ -254,7 +260,11 @@ def evaluate(predictor: Predictor, params, source, info, batch_size: int, worker
         return None
       confusion = confusion + part
       seen += images
-      done.update(images)
+      in_flight.append((images, confusion))
+      while len(in_flight) > IN_FLIGHT:
+        _finish(in_flight, done)
+    while in_flight:
+      _finish(in_flight, done)
   finally:
     parts.close()  # the worker processes, also when a record fails
   sets = 2 if boundary_width > 0 else 1
@@ -275,6 +285,12 @@ def evaluate(predictor: Predictor, params, source, info, batch_size: int, worker
     out['crf'] = crf.to_dict()
   out.update(scales=list(scales or (1.0,)), flip=bool(scales is not None and flip))
   return out
+
+
+def _finish(in_flight, done):
+  images, confusion = in_flight.popleft()
+  jax.block_until_ready(confusion)
+  done.update(images)
 
 
 def _network_confusions(predictor, params, source, num_classes, batch_size, workers, boundary_width, crf):

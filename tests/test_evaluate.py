@@ -153,3 +153,29 @@ def confusion_by_loops(label, pred, c):
     if y != IGNORE_LABEL:
       out[y, p] += 1
   return out
+
+
+def test_the_progress_counts_finished_batches_with_at_most_two_in_flight(monkeypatch):
+  """evaluate waits for a batch's confusion before counting its images, IN_FLIGHT batches behind the dispatch: the
+  progress tells finished images, and the devices never hold the whole split's queue."""
+  import types
+
+  from dilated_jax import inference, progress
+
+  events, blocked = [], []
+  info = DATASETS['camvid']
+
+  def dispatched(*args):
+    for b in range(5):
+      events.append(f'dispatch {b}')
+      yield 2, jnp.full((1, info.num_classes, info.num_classes), b)
+
+  monkeypatch.setattr(inference, '_network_confusions', dispatched)
+  monkeypatch.setattr(jax, 'block_until_ready', lambda x: blocked.append(int(x[0, 0, 0])) or x)
+  monkeypatch.setattr(progress.Progress, 'update', lambda self, n: events.append(f'done {n}'))
+  predictor = types.SimpleNamespace(mesh=types.SimpleNamespace(size=1))
+  result = evaluate(predictor, {}, [None] * 10, info, batch_size=2)
+  assert events == ['dispatch 0', 'dispatch 1', 'dispatch 2', 'done 2', 'dispatch 3', 'done 2', 'dispatch 4',
+                    'done 2', 'done 2', 'done 2']
+  assert blocked == [0, 1, 3, 6, 10]  # each batch's running sum, in order
+  assert result['confusion'][0][0] == 10
