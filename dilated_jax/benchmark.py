@@ -669,7 +669,7 @@ def layers_main(crop):
                  FLAGS.context_preset or FLAGS.preset, dtype)
     results.append(benchmark_layers.compare(
         FLAGS.preset, FLAGS.stage, FLAGS.batch, crop, FLAGS.context_preset or FLAGS.preset, FLAGS.context_batch,
-        context_crop, dtype, FLAGS.runs, FLAGS.torch_layout, FLAGS.width))
+        context_crop, dtype, FLAGS.runs, FLAGS.torch_layout, FLAGS.width, FLAGS.torch_onednn))
   command = 'python -m dilated_jax.benchmark ' + ' '.join(sys.argv[1:])
   page = benchmark_layers.render(results, command)
   print(page)
@@ -715,6 +715,9 @@ if __name__ == '__main__':
   flags.DEFINE_string('context_crop', '900,900', '--layers: the crop whose front-end scores the context stage reads')
   flags.DEFINE_enum('torch_layout', 'auto', ['auto', 'nchw', 'channels_last'],
                     '--layers: PyTorch\'s memory layout (auto: NCHW on CPU, channels-last on GPU)')
+  flags.DEFINE_enum('torch_onednn', 'auto', ['auto', 'on', 'off'],
+                    "--layers: PyTorch's CPU convolutions through oneDNN (its default) or not; auto: its steps timed "
+                    'both ways, the faster compared with ours and used for the tables')
   flags.DEFINE_string('markdown', None, '--layers: write the page of this run here')
   flags.DEFINE_bool('input', False, 'benchmark the input pipeline against the accelerators instead of the step')
   flags.DEFINE_integer('max_workers', -1, '--input: worker processes up to this count (-1: the cores available)')

@@ -44,15 +44,21 @@ def jax_seconds(fn) -> float:
   return time.perf_counter() - t
 
 
+ONCE_S = 60.0
+
+
 def alternate(fns: dict, runs: int) -> dict:
   """{name: median seconds} of `runs` rounds calling each (name: zero-argument timed function) in turn, after one
-  untimed round (compilation, allocation)."""
-  for f in fns.values():
-    f()
-  times = {name: [] for name in fns}
+  untimed round (compilation, allocation). A function whose first call took over ONCE_S seconds is not called again:
+  that call is its figure (a pathological library path, e.g. oneDNN's fc6 kernel gradient on AVX2: minutes a call,
+  where compilation and allocation are seconds)."""
+  once = {name: f() for name, f in fns.items()}
+  once = {name: t for name, t in once.items() if t > ONCE_S}
+  times = {name: [t] for name, t in once.items()} | {name: [] for name in fns if name not in once}
   for _ in range(runs):
     for name, f in fns.items():
-      times[name].append(f())
+      if name not in once:
+        times[name].append(f())
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -211,8 +217,8 @@ def parts_table(model, params, hw, stage: str, batch: int, dtype: str, runs: int
   grads = jax.tree.map(lambda p: p * 1e-3, trained)
 
   def ours_update():
-    holder['state'] = update(*holder['state'], grads)
-    return holder['state']
+    *holder['state'], finite = update(*holder['state'], grads)
+    return holder['state'], finite
   fns['ours_optimizer update'] = lambda: jax_seconds(ours_update)
   step = ref.TrainStep(convs, cfg, mean, device, **torch_options)
   for p in step.net.parameters():
@@ -231,15 +237,11 @@ def _dropout(x, rate, key):
 
 
 def _sgd_update(tx):
-  import optax
+  from dilated_jax.train import _all_finite, update_if
 
-  from dilated_jax.train import _all_finite
-
-  def update(params, opt_state, grads):
-    updates, new_state = tx.update(grads, opt_state, params)
-    new = optax.apply_updates(params, updates)
-    finite = _all_finite(grads) & _all_finite(new)
-    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), (new, new_state), (params, opt_state))
+  def update(params, opt_state, grads):  # as the train step: the gradients checked, the update, its check
+    params, opt_state, finite = update_if(_all_finite(grads), tx, grads, opt_state, params)
+    return params, opt_state, finite
   return update
 
 
@@ -247,9 +249,11 @@ def _sgd_update(tx):
 
 
 def step_pair(preset: str, stage: str, batch: int, crop, dtype: str, runs: int, torch_options: dict,
-              width: float = 1.0) -> dict:
+              width: float = 1.0, onednn=(True,)) -> dict:
   """The train step of `stage` (front end, joint, or context on cached scores at the crop's output size), ours and
-  PyTorch's, timed in turn; with the model, parameters and config for the other tables."""
+  PyTorch's, timed in turn; with the model, parameters and config for the other tables. PyTorch's step runs with
+  each of the `onednn` settings (its CPU convolutions through oneDNN or not); seconds['torch'] is the faster, and
+  'torch_onednn' says which."""
   torch, ref = _torch()
   device = ref.device_of(jax.default_backend())
   cfg = config_lib.base(preset)
@@ -293,17 +297,25 @@ def step_pair(preset: str, stage: str, batch: int, crop, dtype: str, runs: int, 
   peak_dtype = jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16
   a = random_array(0, (n, n), peak_dtype)
   matmul = jax.jit(lambda x: x @ x)
+  def torch_step(setting):
+    def run():
+      theirs.onednn = setting
+      return theirs(*t_batch)
+    return lambda: ref.seconds(run, device)
   seconds = alternate({'ours': lambda: jax_seconds(ours),
-                       'torch': lambda: ref.seconds(lambda: theirs(*t_batch), device),
+                       **{f'torch_onednn_{"on" if o else "off"}': torch_step(o) for o in onednn},
                        'peak_matmul': lambda: jax_seconds(lambda: matmul(a))}, runs)
   peak = dict(peak_flops=2.0 * n ** 3 / seconds.pop('peak_matmul'), peak_n=n, peak_dtype=jnp.dtype(peak_dtype).name)
-  logging.info('%s %s step: ours %.2f s, PyTorch %.2f s (compiled in %.1f s)', preset, stage, seconds['ours'],
-               seconds['torch'], compile_s)
+  torch_onednn = min(onednn, key=lambda o: seconds[f'torch_onednn_{"on" if o else "off"}'])
+  seconds['torch'] = seconds[f'torch_onednn_{"on" if torch_onednn else "off"}']
+  logging.info('%s %s step: ours %.2f s, PyTorch %s (compiled in %.1f s)', preset, stage, seconds['ours'],
+               ', '.join(f'{k[6:]} {v:.2f} s' for k, v in seconds.items() if k.startswith('torch_')), compile_s)
   holder.clear()  # the memory of both steps, before the per-layer tables
   theirs = t_batch = None
   flops = 3 * sum(layer['flops'] for layer in convs) * batch  # the forward pass and a backward of twice its cost
   return dict(preset=preset, stage=stage, width=width, batch=batch, crop=list(crop), hw=list(hw), dtype=dtype,
-              flops=flops, compile_s=compile_s, seconds=seconds, model=model, cfg=cfg, **peak,
+              flops=flops, compile_s=compile_s, seconds=seconds, torch_onednn=torch_onednn, model=model, cfg=cfg,
+              **peak,
               params=jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params))  # donated: shapes
 
 
@@ -343,12 +355,18 @@ def cpu_model() -> str:
 
 
 def compare(preset: str, stage: str, batch: int, crop, context_preset: str, context_batch: int, context_crop,
-            dtype: str, runs: int, torch_layout: str, width: float = 1.0) -> dict:
-  """Every figure of the module docstring for one dtype: the steps, the per-layer tables, the other parts."""
+            dtype: str, runs: int, torch_layout: str, width: float = 1.0, torch_onednn: str = 'auto') -> dict:
+  """Every figure of the module docstring for one dtype: the steps, the per-layer tables, the other parts.
+
+  torch_onednn: 'on' / 'off' PyTorch's CPU convolutions through oneDNN or not; 'auto' (on a CPU) times its steps
+  both ways and builds each step's other tables with the faster (oneDNN's kernel gradient of fc6 can take minutes
+  on an AVX2 CPU, docs/decisions.md). A GPU's convolutions are cuDNN's either way.
+  """
   torch, ref = _torch()
   backend = jax.default_backend()
   channels_last = torch_layout == 'channels_last' or (torch_layout == 'auto' and backend == 'gpu')
   torch_options = dict(channels_last=channels_last, autocast=dtype == 'bfloat16')
+  onednn = {'on': (True,), 'off': (False,), 'auto': (True, False) if backend == 'cpu' else (True,)}[torch_onednn]
   if backend == 'gpu':
     torch.backends.cudnn.benchmark = True  # what a GPU user switches on
   t0, load_before = time.perf_counter(), list(os.getloadavg())
@@ -356,11 +374,12 @@ def compare(preset: str, stage: str, batch: int, crop, context_preset: str, cont
                 torch_layout='channels_last' if channels_last else 'NCHW', torch_autocast=dtype == 'bfloat16',
                 steps=[], load_average_before=load_before)
   for p, s, b, c in ((preset, stage, batch, crop), (context_preset, 'context', context_batch, context_crop)):
-    step = step_pair(p, s, b, c, dtype, runs, torch_options, width)
+    step = step_pair(p, s, b, c, dtype, runs, torch_options, width, onednn)
     model, params, cfg = step.pop('model'), step.pop('params'), step.pop('cfg')
-    step['layers'] = layer_table(model, params, tuple(step['hw']), s, b, dtype, runs, torch_options)
-    step['parts'] = parts_table(model, params, tuple(step['hw']), s, b, dtype, runs, cfg, DATASETS[p].mean_bgr,
-                                torch_options)
+    with ref.onednn_convolutions(step['torch_onednn']):
+      step['layers'] = layer_table(model, params, tuple(step['hw']), s, b, dtype, runs, torch_options)
+      step['parts'] = parts_table(model, params, tuple(step['hw']), s, b, dtype, runs, cfg, DATASETS[p].mean_bgr,
+                                  dict(torch_options, onednn=step['torch_onednn']))
     step['load_average'] = list(os.getloadavg())
     result['steps'].append(step)
   best = max(result['steps'], key=lambda s: s['peak_flops'])  # the peak: the faster of the two steps' rounds
@@ -384,12 +403,22 @@ def _ms(seconds, flops=None) -> str:
   return f'{text} ({flops / seconds / 1e9:.0f})' if flops else text
 
 
+def _giga(flops_per_s) -> str:
+  g = flops_per_s / 1e9
+  return f'{g:.0f}' if g >= 10 else f'{g:.2g}'  # an emulated dtype runs at a fraction of a GFLOP/s
+
+
 def _shape(row, batch) -> str:
   kh, kw, cin, cout = row['kernel']
   (pt, pb), (pl, pr) = row['padding']
   pad = '' if not (pt or pb or pl or pr) else f', pad {pt}' if len({pt, pb, pl, pr}) == 1 else f', pad {row["padding"]}'
   return (f"{row['in_hw'][0]}x{row['in_hw'][1]}x{cin} -> {row['out_hw'][0]}x{row['out_hw'][1]}x{cout}, "
           f"{kh}x{kw}{'' if row['dilation'] == 1 else ' d%d' % row['dilation']}{pad}")
+
+
+def _onednn_note(step: dict) -> str:
+  return '' if len([k for k in step['seconds'] if k.startswith('torch_onednn_')]) < 2 else (
+      ', oneDNN' if step['torch_onednn'] else ', without oneDNN')
 
 
 def step_name(step: dict) -> str:
@@ -422,8 +451,19 @@ def render(results: list[dict], command: str) -> str:
     for s in r['steps']:
       o, t = s['seconds']['ours'], s['seconds']['torch']
       lines.append(f"| {step_name(s)} | {s['flops'] / 1e9:.0f} G | {o:.2f} s ({s['batch'] / o:.2f} images/s) | "
-                   f"{t:.2f} s ({s['batch'] / t:.2f} images/s) | **{t / o:.2f}x** | "
+                   f"{t:.2f} s ({s['batch'] / t:.2f} images/s){_onednn_note(s)} | **{t / o:.2f}x** | "
                    f"{s['flops'] / o / 1e9:.0f} GFLOP/s, {100 * s['flops'] / o / r['peak_flops']:.0f}% |")
+  if any(s['flops'] / s['seconds']['ours'] > r['peak_flops'] for r in results for s in r['steps']):
+    lines += ['', 'Over 100% of peak: on this machine XLA\'s matmul is slower than its convolutions (PyTorch\'s matmul '
+              f"in the last table: {_giga(first['probe']['float32']['torch_matmul'])} GFLOP/s); the peak stays the "
+              'same-run XLA matmul, as on every page.']
+  both = [s for r in results for s in r['steps'] if {'torch_onednn_on', 'torch_onednn_off'} <= set(s['seconds'])]
+  if both:
+    lines += ['', 'PyTorch\'s step was timed both with its CPU convolutions through oneDNN (its default) and without '
+              '(`torch.backends.mkldnn.enabled = False`: its own im2col and BLAS); the faster is the figure above and '
+              'runs the tables below: ' + '; '.join(
+                  f"{step_name(s)}: oneDNN {s['seconds']['torch_onednn_on']:.2f} s, without "
+                  f"{s['seconds']['torch_onednn_off']:.2f} s" for s in both) + '.']
   for r in results:
     for s in r['steps']:
       lines += ['', f'## {step_name(s)}: where the time goes', '',
@@ -464,6 +504,6 @@ def render(results: list[dict], command: str) -> str:
             f"| GFLOP/s | {first['probe_n']}^3 matmul: ours | PyTorch | fc6 forward (2x40x40x{cin} -> {cout}, "
             '7x7 d4): ours | PyTorch |', '|---|---|---|---|---|']
   for dtype, p in ((d, probe[d]) for d in ('float32', 'bfloat16')):
-    lines.append(f"| {dtype} | {p['ours_matmul'] / 1e9:.0f} | {p['torch_matmul'] / 1e9:.0f} | "
-                 f"{p['ours_fc6'] / 1e9:.0f} | {p['torch_fc6'] / 1e9:.0f} |")
+    lines.append(f"| {dtype} | {_giga(p['ours_matmul'])} | {_giga(p['torch_matmul'])} | {_giga(p['ours_fc6'])} | "
+                 f"{_giga(p['torch_fc6'])} |")
   return '\n'.join(lines) + '\n'

@@ -3,10 +3,12 @@
 Needs the optional `bench` extra (torch). The network is built from `benchmark.conv_layers`, the list of this
 project's convolutions in order with their ReLU, dropout and pooling, so both frameworks run the same layers, the
 same loss (softmax cross-entropy over the labelled cells) and the same update (SGD with momentum, weight decay on
-kernels, the biases' learning rate doubled). Defaults are PyTorch's: NCHW float32 eager; `channels_last` and
-`autocast` (bfloat16) are what a GPU user would switch on.
+kernels, the biases' learning rate doubled). Defaults are PyTorch's: NCHW float32 eager, oneDNN's CPU convolutions;
+`channels_last` and `autocast` (bfloat16) are what a GPU user would switch on, `onednn=False`
+(torch.backends.mkldnn.enabled) what a CPU user whose oneDNN is slow would (docs/decisions.md).
 """
 
+import contextlib
 import time
 
 import numpy as np
@@ -24,6 +26,17 @@ def device_of(backend: str) -> torch.device:
 def synchronize(device: torch.device):
   if device.type == 'cuda':
     torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def onednn_convolutions(enabled: bool):
+  """PyTorch's CPU convolutions through oneDNN (its default) or, disabled, through its own im2col and BLAS."""
+  before = torch.backends.mkldnn.enabled
+  torch.backends.mkldnn.enabled = enabled
+  try:
+    yield
+  finally:
+    torch.backends.mkldnn.enabled = before
 
 
 def seconds(fn, device: torch.device) -> float:
@@ -72,8 +85,8 @@ class TrainStep:
   """One SGD step of `Network(layers)` on a batch as our pipeline sends it (NHWC: uint8 RGB images, made BGR minus
   the mean on the device; or float32 score maps for the context stage) and labels at the output's resolution."""
 
-  def __init__(self, layers, cfg, mean_bgr, device, channels_last=False, autocast=False, seed=0):
-    self.device, self.channels_last, self.autocast = device, channels_last, autocast
+  def __init__(self, layers, cfg, mean_bgr, device, channels_last=False, autocast=False, onednn=True, seed=0):
+    self.device, self.channels_last, self.autocast, self.onednn = device, channels_last, autocast, onednn
     self.net = Network(layers, seed).to(device).train()
     self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
     self.net.to(memory_format=self.memory_format)
@@ -92,12 +105,13 @@ class TrainStep:
     if x.dtype == torch.uint8:
       x = x.flip(1).float() - self.mean  # RGB -> BGR minus the mean
     x = x.contiguous(memory_format=self.memory_format)
-    with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-      logits = self.net(x)
-    loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL)
-    self.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    self.optimizer.step()
+    with onednn_convolutions(self.onednn):
+      with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+        logits = self.net(x)
+      loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL)
+      self.optimizer.zero_grad(set_to_none=True)
+      loss.backward()
+      self.optimizer.step()
     return loss
 
 

@@ -121,3 +121,21 @@ def test_overlap_compares_fed_and_constant_steps_of_one_run():
   assert fed['constant_step_s'] == pytest.approx(around)
   assert fed['ratio'] == pytest.approx(fed['step_s_median'] / around)
   assert 0 <= fed['input_wait'] < 1
+
+
+def test_alternate_times_each_function_in_rounds_and_a_very_slow_one_once(monkeypatch):
+  """The median of `runs` timed calls after an untimed one; a function whose first call took over ONCE_S is not
+  called again, that call its figure."""
+  from dilated_jax import benchmark_layers
+
+  monkeypatch.setattr(benchmark_layers, 'ONCE_S', 5.0)
+  calls = {'fast': 0, 'slow': 0}
+
+  def timed(name, seconds):
+    def f():
+      calls[name] += 1
+      return seconds[calls[name] - 1]
+    return f
+  got = benchmark_layers.alternate({'fast': timed('fast', [4.0, 1.0, 3.0, 2.0]), 'slow': timed('slow', [7.0, 1.0])},
+                                   runs=3)
+  assert calls == {'fast': 4, 'slow': 1} and got == {'fast': 2.0, 'slow': 7.0}

@@ -53,9 +53,11 @@ def test_the_torch_network_computes_ours_from_the_same_weights(stage):
   np.testing.assert_allclose(theirs, np.asarray(ours), rtol=1e-4, atol=1e-4 * np.abs(ours).max())
 
 
-def test_the_torch_step_takes_our_loss_and_our_sgd_update():
+@pytest.mark.parametrize('onednn', [True, False])
+def test_the_torch_step_takes_our_loss_and_our_sgd_update(onednn):
   """Two steps of TrainStep from the same weights and batch (no dropout: eval mode) against ours in numpy terms:
-  the same loss, and the same parameters after Caffe's SGD (lr in the momentum, biases at twice the lr, no decay)."""
+  the same loss, and the same parameters after Caffe's SGD (lr in the momentum, biases at twice the lr, no decay);
+  with its convolutions through oneDNN or not, the setting on while the step runs and as it was after."""
   cfg, model, params = small_voc('context')
   cfg.update(lr=0.1, momentum=0.9, weight_decay=0.01)  # large enough that a wrong update shows
   rng = np.random.default_rng(1)
@@ -63,10 +65,12 @@ def test_the_torch_step_takes_our_loss_and_our_sgd_update():
   labels = rng.integers(0, cfg.model.num_classes, (2, 6, 6)).astype(np.int32)
   labels[0, 0, :3] = 255  # ignored cells
   convs = benchmark.conv_layers(model, params, (6, 6), 'context')
-  step = torch_reference.TrainStep(convs, cfg, DATASETS['pascal_voc'].mean_bgr, torch.device('cpu'))
+  step = torch_reference.TrainStep(convs, cfg, DATASETS['pascal_voc'].mean_bgr, torch.device('cpu'), onednn=onednn)
   net, _ = torch_network(model, params, (6, 6), 'context')
   step.net.load_state_dict(net.state_dict())
   step.net.eval()
+  seen = []
+  step.net.register_forward_pre_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
   t_batch = step.batch({'image': x, 'label': labels})
 
   tx = optimizer(cfg)
@@ -78,6 +82,7 @@ def test_the_torch_step_takes_our_loss_and_our_sgd_update():
     updates, opt_state = tx.update(grads, opt_state, p)
     p = jax.tree.map(lambda a, u: a + u, p, updates)
     np.testing.assert_allclose(step(*t_batch).item(), float(loss), rtol=1e-5)
+  assert seen == [onednn] * 2 and torch.backends.mkldnn.enabled
   for layer, k, b in zip(convs, step.net.kernels, step.net.biases):
     np.testing.assert_allclose(k.detach().numpy().transpose(2, 3, 1, 0), p[layer['name']]['kernel'], rtol=1e-4,
                                atol=1e-6)
@@ -121,10 +126,14 @@ def test_the_layers_benchmark_writes_its_page_and_json_on_a_narrow_network(tmp_p
   assert [row['name'] for row in context['layers']] == names[16:]
   for step in (joint, context):
     assert step['seconds']['ours'] > 0 and step['seconds']['torch'] > 0
+    # On a CPU PyTorch's step is timed with and without oneDNN, and the faster is the one compared.
+    both = step['seconds']['torch_onednn_on'], step['seconds']['torch_onednn_off']
+    assert step['seconds']['torch'] == min(both) == both[not step['torch_onednn']]
     for i, row in enumerate(step['layers']):
       passes = {'forward', 'kernel_grad'} | ({'input_grad'} if i else set())  # no input gradient of the batch
       assert {k for k in row['seconds'] if k.startswith('torch_')} == {f'torch_{p}' for p in passes}
       assert all(v > 0 for v in row['seconds'].values())
   text = page.read_text()
   assert text.count('| **') >= 2 and all(f'| {name} |' in text for name in names)
+  assert f"oneDNN {joint['seconds']['torch_onednn_on']:.2f} s, without" in text
   assert f"{result['peak_flops'] / 1e9:.0f} GFLOP/s, XLA's float32" in text
