@@ -2,7 +2,8 @@
 # CamVid from scratch on a 2-core CPU (experiments/camvid_scratch.py): the front end, then at equal budget (the same
 # steps, batch and learning rate) the front end alone trained on and front end + Basic context trained jointly, each
 # evaluated on the 233 test images; Table 5 with our rows, and a picture of test predictions.
-# Usage: bash experiments/camvid_scratch.sh [WORKDIR]   (CAMVID: SegNet's CamVid folder; S1, S2: steps of each part)
+# Usage: bash experiments/camvid_scratch.sh [WORKDIR]   (CAMVID: SegNet's CamVid folder; S1, S2: steps of each part;
+# CFG: the config, experiments/camvid_drn_scratch.py for a DRN-D-22 front end)
 set -euo pipefail
 W=${1:-runs/camvid_scratch}
 PY=${PYTHON:-.venv/bin/python}
@@ -10,7 +11,7 @@ CAMVID=${CAMVID:-../shared/datasets/camvid}
 DATA=${DATA:-data}
 S1=${S1:-200}
 S2=${S2:-50}
-CFG=experiments/camvid_scratch.py
+CFG=${CFG:-experiments/camvid_scratch.py}
 start=$(date +%s)
 if [ ! -d "$CAMVID" ]; then echo "error: CAMVID=$CAMVID is not a folder (SegNet's CamVid release)" >&2; exit 2; fi
 $PY -m dilated_jax.data.prepare --dataset=camvid --manual_dir="$CAMVID" --data_dir="$DATA"

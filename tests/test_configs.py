@@ -34,6 +34,7 @@ ARGS = {
     'kitti_dilation7': [None, 'stage=frontend', 'stage=joint'],
     'cityscapes_dilation10': [None, 'stage=frontend', 'stage=context', 'stage=joint'],
     'camvid_drn': [None, 'variant=drn_d_22', 'variant=drn_c_26'],
+    'camvid_drn_scratch': [None, 'stage=frontend', 'stage=joint'],
     'cityscapes_drn': [None, 'variant=drn_c_26', 'variant=drn_d_38', 'batch=16,schedule=poly,augment=scale'],
 }
 CASES = [(name, arg) for name, args in ARGS.items() for arg in args]
@@ -71,7 +72,7 @@ def test_config_loads_is_locked_and_builds(name, arg):
   assert all(t % fe.stride == 0 for t in cfg.eval.tile), cfg.eval.tile
   if cfg.data.name != 'synthetic':
     # A DRN (no margin) may test whole images, as fyu/drn segment.py: its tile seams would meet zero padding.
-    whole = cfg.model.backbone == 'drn' and tuple(cfg.eval.tile) == (1024, 2048)
+    whole = cfg.model.backbone == 'drn' and tuple(cfg.eval.tile) in ((1024, 2048), (360, 480))
     assert cfg.data.dir and (tuple(cfg.eval.tile) == info.tile or whole)
   crop = tuple(cfg.data.crop)
   if crop == (0, 0):
@@ -131,6 +132,12 @@ PAPER = [
     ('camvid_drn', None, {'model.backbone': 'drn', 'model.drn.variant': 'drn_d_22', 'model.upsample': 'deconv',
                           'lr': 0.01, 'momentum': 0.9, 'weight_decay': 1e-4, 'lr_policy': 'poly', 'lr_power': 0.9,
                           'bias_lr_mult': 1.0, 'eval.split': 'test', 'loss_resolution': 'full'}),
+    # The CPU run of issue 18 (docs/results/camvid_drn_scratch): camvid_scratch.py's data and SGD, fyu/drn's DRNSeg.
+    ('camvid_drn_scratch', 'stage=joint', {'model.backbone': 'drn', 'model.drn.variant': 'drn_d_22',
+                                           'model.upsample': 'deconv', 'model.context.dilations': context.BASIC,
+                                           'data.crop': (0, 0), 'batch_size': 4, 'lr': 1e-2, 'momentum': 0.9,
+                                           'weight_decay': 1e-4, 'bias_lr_mult': 1.0, 'lr_policy': 'step',
+                                           'lr_steps': (), 'loss_resolution': 'full', 'eval.split': 'test'}),
     # fyu/drn README.md, "Training": -s 896 --batch-size 32 --epochs 250 --lr 0.01 --momentum 0.9 --step 100; 92
     # iterations an epoch (2975 // 32, drop_last).
     ('cityscapes_drn', None, {'model.backbone': 'drn', 'model.drn.variant': 'drn_d_22', 'model.upsample': 'deconv',
