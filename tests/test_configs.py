@@ -34,7 +34,7 @@ ARGS = {
     'kitti_dilation7': [None, 'stage=frontend', 'stage=joint'],
     'cityscapes_dilation10': [None, 'stage=frontend', 'stage=context', 'stage=joint'],
     'camvid_drn': [None, 'variant=drn_d_22', 'variant=drn_c_26'],
-    'camvid_drn_scratch': [None, 'stage=frontend', 'stage=joint'],
+    'camvid_drn_scratch': [None, 'stage=frontend', 'stage=joint', 'stage=context'],
     'cityscapes_drn': [None, 'variant=drn_c_26', 'variant=drn_d_38', 'batch=16,schedule=poly,augment=scale'],
 }
 CASES = [(name, arg) for name, args in ARGS.items() for arg in args]
