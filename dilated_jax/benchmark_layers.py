@@ -239,13 +239,15 @@ def _dropout(x, rate, key):
 def _sgd_update(tx):
   from dilated_jax.train import _all_finite, update_if
 
-  def update(params, opt_state, grads):  # as the train step: the gradients checked, the update, its check
-    params, opt_state, finite = update_if(_all_finite(grads), tx, grads, opt_state, params)
-    return params, opt_state, finite
-  return update
+  # As the train step: the gradients checked, the update, its check.
+  return lambda params, opt_state, grads: update_if(_all_finite(grads), tx, grads, opt_state, params)
 
 
 # ------------------------------------------------------------------ the whole steps
+
+
+def _onednn_key(enabled: bool) -> str:
+  return f'torch_onednn_{"on" if enabled else "off"}'
 
 
 def step_pair(preset: str, stage: str, batch: int, crop, dtype: str, runs: int, torch_options: dict,
@@ -303,11 +305,11 @@ def step_pair(preset: str, stage: str, batch: int, crop, dtype: str, runs: int, 
       return theirs(*t_batch)
     return lambda: ref.seconds(run, device)
   seconds = alternate({'ours': lambda: jax_seconds(ours),
-                       **{f'torch_onednn_{"on" if o else "off"}': torch_step(o) for o in onednn},
+                       **{_onednn_key(o): torch_step(o) for o in onednn},
                        'peak_matmul': lambda: jax_seconds(lambda: matmul(a))}, runs)
   peak = dict(peak_flops=2.0 * n ** 3 / seconds.pop('peak_matmul'), peak_n=n, peak_dtype=jnp.dtype(peak_dtype).name)
-  torch_onednn = min(onednn, key=lambda o: seconds[f'torch_onednn_{"on" if o else "off"}'])
-  seconds['torch'] = seconds[f'torch_onednn_{"on" if torch_onednn else "off"}']
+  torch_onednn = min(onednn, key=lambda o: seconds[_onednn_key(o)])
+  seconds['torch'] = seconds[_onednn_key(torch_onednn)]
   logging.info('%s %s step: ours %.2f s, PyTorch %s (compiled in %.1f s)', preset, stage, seconds['ours'],
                ', '.join(f'{k[6:]} {v:.2f} s' for k, v in seconds.items() if k.startswith('torch_')), compile_s)
   holder.clear()  # the memory of both steps, before the per-layer tables
@@ -457,7 +459,7 @@ def render(results: list[dict], command: str) -> str:
     lines += ['', 'Over 100% of peak: on this machine XLA\'s matmul is slower than its convolutions (PyTorch\'s matmul '
               f"in the last table: {_giga(first['probe']['float32']['torch_matmul'])} GFLOP/s); the peak stays the "
               'same-run XLA matmul, as on every page.']
-  both = [s for r in results for s in r['steps'] if {'torch_onednn_on', 'torch_onednn_off'} <= set(s['seconds'])]
+  both = [s for r in results for s in r['steps'] if {_onednn_key(True), _onednn_key(False)} <= set(s['seconds'])]
   if both:
     lines += ['', 'PyTorch\'s step was timed both with its CPU convolutions through oneDNN (its default) and without '
               '(`torch.backends.mkldnn.enabled = False`: its own im2col and BLAS); the faster is the figure above and '
