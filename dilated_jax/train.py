@@ -250,7 +250,12 @@ def resume_or_initialise(cfg, run: Run, tx, workdir) -> tuple[dict, int]:
                        f'past it (run to at least {step} steps, or give another --workdir)')
     logging.info('resumed from %s', checkpoint.step_dir(workdir, step))
     return state, step
-  variables = jax.device_get(jax.jit(lambda r: initial_variables(run, r))(rng))
+  # Code that runs once: on CPU, LLVM's optimisation of the initialisers' unrolled random-bit generation took 15 of
+  # the 17 s this compilation took for a 1/32 VGG (every run's start, every test's); unoptimised 2 s, values within
+  # an ulp of it (docs/decisions.md).
+  options = {'xla_backend_optimization_level': 0} if run.mesh.devices.flat[0].platform == 'cpu' else None
+  init = jax.jit(lambda r: initial_variables(run, r)).lower(rng).compile(compiler_options=options)
+  variables = jax.device_get(init(rng))
   params, batch_stats = variables['params'], variables.get('batch_stats')
   if cfg.init_from:  # the subtrees the stage loads (context: the front end), or everything the workdir has
     loaded = checkpoint.load_variables(cfg.init_from, 'latest')

@@ -1,8 +1,21 @@
-"""Eight simulated CPU devices for the sharding tests, and the fast XLA CPU path, set before JAX starts."""
+"""Eight simulated CPU devices for the sharding tests, the fast XLA CPU path and a compilation cache shared by the
+session, set before JAX starts."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+# Most of the suite's time is XLA compiling the same small networks again: in the many train, evaluate and predict
+# subprocesses (which inherit this environment) and in tests that build the same model anew. A persistent cache for
+# the session compiles each program once; a cached executable is the one a fresh compilation gives, so bitwise
+# comparisons hold. JAX_COMPILATION_CACHE_DIR set by the caller is used as is (and kept).
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='dilated_jax_test_xla_cache.')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 from dilated_jax import cli  # noqa: E402  (after XLA_FLAGS: it adds the CPU convolution flag)
 
