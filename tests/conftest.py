@@ -5,8 +5,9 @@ import os
 import shutil
 import tempfile
 
-if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):  # xdist workers inherit it
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+_EIGHT_DEVICES = '--xla_force_host_platform_device_count=8'
+if _EIGHT_DEVICES not in os.environ.get('XLA_FLAGS', '').split():  # xdist workers inherit it; last given wins
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_EIGHT_DEVICES}".strip()
 # Most of the suite's time is XLA compiling the same small networks again: in the many train, evaluate and predict
 # subprocesses and xdist workers (which inherit this environment) and in tests that build the same model anew. A
 # persistent cache for the session compiles each program once; a cached executable is the one a fresh compilation
